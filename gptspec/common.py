@@ -1,0 +1,45 @@
+"""Helpers shared by the subcommands: choosing a model, parsing id lists."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+import ref_numpy
+
+
+def add_model_args(parser: argparse.ArgumentParser, default_model: str = "gpt2") -> None:
+    """--model / --weights / --random-init / --seed / --dtype, the same in every subcommand."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=default_model, metavar="NAME",
+                       help=f"a published model name ({', '.join(ref_numpy.PRESETS)}); default %(default)s")
+    group.add_argument("--weights", metavar="DIR", help="load a checkpoint directory (any format weights/ reads)")
+    group.add_argument("--random-init", action="store_true",
+                       help="use seeded random weights of --model's size instead of real ones (runs offline)")
+    group.add_argument("--seed", type=int, default=0, help="seed for --random-init and for sampling")
+    group.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                       help="NumPy computation dtype (default %(default)s)")
+
+
+def load_model(args) -> tuple[ref_numpy.GPTConfig, dict]:
+    """(config, params) from the --model/--weights/--random-init arguments."""
+    if args.random_init:
+        if args.weights:
+            raise ValueError("--random-init and --weights exclude each other")
+        config = ref_numpy.GPTConfig.from_name(args.model)
+        return config, ref_numpy.init_params(config, args.seed, dtype=np.dtype(args.dtype))
+    import weights  # the loaders sit a layer above the spec
+
+    config, params = weights.load(args.weights or args.model)
+    return config, ref_numpy.cast_params(params, np.dtype(args.dtype))
+
+
+def parse_ids(text: str) -> list[int]:
+    """'464, 3290 318' -> [464, 3290, 318] (commas and/or spaces)."""
+    parts = text.replace(",", " ").split()
+    if not parts:
+        raise ValueError("no token ids given")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"token ids must be integers separated by commas or spaces, got {text!r}") from None

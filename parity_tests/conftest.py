@@ -1,0 +1,36 @@
+"""Shared test set-up: hypothesis profiles, reference data lookup, optional-dependency skips.
+
+Hypothesis profiles (choose with `pytest --hypothesis-profile=NAME`, default `ci`):
+  ci   bounded example counts, no deadline, derandomized: CI is reproducible run to run
+  dev  many more examples, random seeds: for hunting bugs locally
+A failing example prints `@reproduce_failure(...)` and the seed (print_blob) to replay it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", max_examples=300, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("GPTSPEC_HYPOTHESIS_PROFILE", "ci"))
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def reference_dir() -> Path:
+    """OpenAI's tokenizer files: $GPTSPEC_REFERENCE_DIR, else ../shared/reference beside the repo."""
+    return Path(os.environ.get("GPTSPEC_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+
+
+def require_reference(*parts: str) -> Path:
+    """Path to a reference file or folder, or skip the test saying where it was looked for."""
+    path = reference_dir().joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference data {path} not found: set GPTSPEC_REFERENCE_DIR to the folder holding "
+                    f"gpt2/ and openai-gpt/ (OpenAI's tokenizer files)")
+    return path

@@ -1,0 +1,1 @@
+"""Loading and converting GPT checkpoints into ref_numpy's params dict."""

@@ -86,7 +86,8 @@ def attention(q, k, v, mask):
     """
     scores = q @ k.swapaxes(-1, -2) / np.sqrt(q.shape[-1]).astype(q.dtype)
     scores = np.where(mask, scores, np.finfo(scores.dtype).min)
-    weights = softmax(scores, axis=-1)
+    with np.errstate(over="ignore"):  # min - rowmax may round to -inf: exp(-inf) = 0 is exact
+        weights = softmax(scores, axis=-1)
     return weights @ v, weights
 
 

@@ -125,15 +125,15 @@ def init_params(config: GPTConfig, seed: int = 0, *, dtype=np.float32, random_bi
     residual_std = 0.02 / np.sqrt(2 * config.n_layer)
 
     def normal(shape, std):
-        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std)).astype(dtype)
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
     def bias(n):
-        return normal((n,), 0.02) if random_biases else np.zeros(n, dtype)
+        return normal((n,), 0.02) if random_biases else np.zeros(n, np.float32)
 
     def norm(n):
         if random_biases:
-            return {"g": (1 + normal((n,), 0.1)).astype(dtype), "b": normal((n,), 0.02)}
-        return {"g": np.ones(n, dtype), "b": np.zeros(n, dtype)}
+            return {"g": 1 + normal((n,), 0.1), "b": normal((n,), 0.02)}
+        return {"g": np.ones(n, np.float32), "b": np.zeros(n, np.float32)}
 
     C = config.n_embd
     params = {"wte": normal((config.n_vocab, C), 0.02), "wpe": normal((config.n_ctx, C), 0.01), "blocks": []}
@@ -148,4 +148,4 @@ def init_params(config: GPTConfig, seed: int = 0, *, dtype=np.float32, random_bi
         })
     if config.arch == "gpt2":
         params["ln_f"] = norm(C)
-    return params
+    return params if np.dtype(dtype) == np.float32 else cast_params(params, dtype)

@@ -1,0 +1,85 @@
+"""Every numerical bound gptspec's tests and reports use, with its derivation.
+
+All comparisons are against the *float64 spec* unless stated otherwise; the float64 spec's own
+rounding (~1e-16 relative) is negligible next to every bound below.
+
+The error model (standard floating-point analysis, used in its probabilistic form)
+----------------------------------------------------------------------------------
+u = eps / 2 is the unit roundoff of the computation dtype.  A dot product of length K
+accumulated in that dtype carries a relative error that grows like sqrt(K) * u for
+rounding errors of random sign (the worst case, K * u, is never approached in practice
+and would make every bound useless).  One transformer block chains six matmuls (c_attn,
+q k^T, weights v, c_proj, c_fc, c_proj); the largest reduction is K = 4C (mlp.c_proj).
+Errors made in a block are carried on by the residual stream and add up over the depth;
+LayerNorm rescales but does not amplify them beyond a constant.  So the relative error of
+the logits is about
+
+    (n_layer + 1) * 6 * u * sqrt(4 C)        (+1 for the embedding sum and the logits matmul)
+
+and a bound is that times SAFETY, a constant factor for what the model leaves out (the
+Lipschitz constants of LayerNorm, softmax and GELU, and the rounding of exp/tanh/sqrt).
+"Relative" is relative to the scale of the reference tensor: bounds are applied as
+max|a - b| <= bound * max(1, max|reference|).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+SAFETY = 4.0
+
+# Unit roundoff u = eps / 2 for the dtypes we compute in.
+UNIT_ROUNDOFF = {
+    "float64": float(np.finfo(np.float64).eps) / 2,  # 1.1e-16
+    "float32": float(np.finfo(np.float32).eps) / 2,  # 6.0e-8
+    "float16": float(np.finfo(np.float16).eps) / 2,  # 4.9e-4
+    "bfloat16": 2.0 ** -8 / 2,  # 2.0e-3 (8 significand bits); numpy has no bfloat16
+}
+
+MATMULS_PER_BLOCK = 6
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A tolerance and the sentence that justifies it."""
+    value: float
+    reason: str
+
+    def allowed(self, reference) -> float:
+        """The absolute error allowed against `reference`: value * max(1, max|reference|)."""
+        scale = float(np.max(np.abs(reference))) if np.size(reference) else 0.0
+        return self.value * max(1.0, scale)
+
+
+def unit_roundoff(dtype) -> float:
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in UNIT_ROUNDOFF:
+        raise ValueError(f"no tolerance model for dtype {name!r}; known: {', '.join(UNIT_ROUNDOFF)}")
+    return UNIT_ROUNDOFF[name]
+
+
+def forward_bound(config, dtype) -> Bound:
+    """Logits (or any activation) of a `dtype` forward pass vs the float64 spec."""
+    u = unit_roundoff(dtype)
+    depth = config.n_layer + 1
+    value = SAFETY * depth * MATMULS_PER_BLOCK * u * math.sqrt(4 * config.n_embd)
+    return Bound(value, f"{SAFETY:g} x (n_layer+1={depth}) x {MATMULS_PER_BLOCK} matmuls x u={u:.2g} "
+                        f"x sqrt(4C={4 * config.n_embd})")
+
+
+def reorder_bound(config, dtype) -> Bound:
+    """The same computation in the same dtype, summed in a different order: KV cache vs full
+    recompute, a padded row vs the unpadded row, batched vs single.  Each side has its own
+    rounding error of forward_bound's size, so the difference is at most twice that."""
+    one_side = forward_bound(config, dtype)
+    return Bound(2 * one_side.value, f"2 x forward bound ({one_side.reason})")
+
+
+# Hugging Face oracle, float32 on both sides: issue 2 asks for <= 1e-5 relative.  With
+# small test configs (C <= 64, <= 3 layers) forward_bound(float32) is ~5e-5, so 1e-5 is a
+# product requirement *tighter* than the generic model; it holds because both sides run
+# the same matmul shapes through similar BLAS kernels.  The float64 comparison, bounded by
+# reorder_bound(float64), is the exact check; this one guards the float32 path users run.
+HF_FLOAT32_RELATIVE = Bound(1e-5, "issue 2 requirement: spec fp32 vs HF fp32, relative to max|logit|")

@@ -49,8 +49,10 @@ def attention_mask_4d(n_query, n_key, attention_mask=None):
 
 
 def lm_head(params, x):
-    """Logits from the *tied* embedding: the output projection is wte itself, [B, T, C] @ [C, V]."""
-    return x @ params["wte"].T
+    """Logits from the *tied* embedding: the output projection is wte itself, [B, T, C] @ [C, V].
+    (wte.T is a free transposed view; BLAS reads it as is.)"""
+    wte = params["wte"]
+    return (x.reshape(-1, x.shape[-1]) @ wte.T).reshape(*x.shape[:-1], wte.shape[0])
 
 
 def forward(config: GPTConfig, params: dict, ids, *, attention_mask=None, past=None, position_ids=None,

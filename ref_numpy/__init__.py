@@ -20,5 +20,7 @@ __all__ = [
     "forward", "prepare_inputs", "ModelInputs", "embed", "attention_mask_4d", "lm_head",
     "apply_temperature", "top_k_filter", "top_p_filter", "processed_probs", "draw", "next_tokens",
     "generate", "decode_stream", "numpy_step", "collect",
+    "Tokenizer", "MergeStep",
 ]
 # Tokenizers (see tokenizer.py) are exported below this line.
+from .tokenizer import MergeStep, Tokenizer  # noqa: E402  (bpe_gpt1/bpe_gpt2 hold the two tokenizers)

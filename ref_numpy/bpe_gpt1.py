@@ -116,15 +116,17 @@ class GPT1Tokenizer(Tokenizer):
         return self.pretokenize(unit)
 
     # -- decoding (lossy: case, accents and spacing around punctuation are gone) ---------------
-    def decode(self, ids, errors: str = "replace") -> str:
-        """Tokens joined, each '</w>' read as a space (none after the last token), as HF's BPEDecoder.
-
-        `errors` is accepted for the common interface; GPT-1 tokens are text, not bytes.
-        """
-        tokens = [self._token_of_id[i] for i in self._checked_ids(ids)]
-        text = "".join(tokens).replace(WORD_END, " ")
-        return text[:-1] if tokens and tokens[-1].endswith(WORD_END) else text
-
     def decode_bytes(self, ids) -> bytes:
-        """decode(ids) as UTF-8."""
-        return self.decode(ids).encode("utf-8")
+        """The tokens' text concatenated, every '</w>' a space, as UTF-8. Like GPT-2's it concatenates:
+        decode_bytes(a + b) == decode_bytes(a) + decode_bytes(b), which streaming output needs."""
+        tokens = map(self._token_of_id.__getitem__, self._checked_ids(ids))
+        return "".join(tokens).replace(WORD_END, " ").encode("utf-8")
+
+    def decode(self, ids, errors: str = "replace") -> str:
+        """Text of `ids` as HF's BPEDecoder: each '</w>' a space, except after the last token.
+
+        `errors` is accepted for the common interface; GPT-1 tokens are text, so nothing can fail.
+        """
+        ids = self._checked_ids(ids)
+        text = self.decode_bytes(ids).decode("utf-8")
+        return text[:-1] if ids and self._token_of_id[ids[-1]].endswith(WORD_END) else text

@@ -3,6 +3,8 @@
 Hypothesis profiles (choose with `pytest --hypothesis-profile=NAME`, default `ci`):
   ci   bounded example counts, no deadline, derandomized: CI is reproducible run to run
   dev  many more examples, random seeds: for hunting bugs locally
+  tokenizer-exhaustive  100k examples per property, for the tokenizer tests only:
+       pytest parity_tests/test_tokenizer_*.py --hypothesis-profile=tokenizer-exhaustive
 A failing example prints `@reproduce_failure(...)` and the seed (print_blob) to replay it.
 """
 from __future__ import annotations
@@ -17,6 +19,8 @@ settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("dev", max_examples=300, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("tokenizer-exhaustive", max_examples=100_000, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("GPTSPEC_HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ Text -> ids:
      accents (NFD, then drop nonspacing marks), lowercase character by character,
   2. pre-tokenize: split at spaces, every punctuation character is a word of its own,
   3. BPE per word on characters, the last one marked as a word end: 'hi' -> ['h', 'i</w>'];
-     symbols missing from the vocabulary (e.g. 'ß', '€', emoji) become '<unk>' (id 0).
+     symbols missing from the vocabulary (e.g. '—', '…', CJK, emoji) become '<unk>' (id 0).
 The vocabulary is lowercase, has 40478 ids and no end-of-text token (eot_token is None).
 
 The GPT-1 release itself tokenized with ftfy + spaCy + its own text_standardize; docs/tokenizers.md

@@ -60,9 +60,12 @@ class Tokenizer:
             return list(chain.from_iterable(map(cache.__getitem__, units)))
         except KeyError:  # some units are new: encode each new one once, then look everything up
             pass
-        new = {unit: self._encode_unit(unit) for unit in set(units).difference(cache)}
-        if len(cache) + len(new) > self.CACHE_LIMIT:
+        unique = set(units)
+        new = {unit: self._encode_unit(unit) for unit in unique.difference(cache)}
+        if len(cache) + len(new) > self.CACHE_LIMIT:  # forget the units this text does not use
+            kept = {unit: cache[unit] for unit in unique.intersection(cache)}
             cache.clear()
+            cache.update(kept)
         cache.update(new)
         ids = list(chain.from_iterable(map(cache.__getitem__, units)))
         for unit in new:

@@ -37,25 +37,34 @@ def merge(parts: list[str], ranks: Ranks, steps: list[MergeStep] | None = None) 
     occurrence of it from left to right, so 'a a a' with the merge 'a a' becomes 'aa a'.
     If `steps` is a list, one MergeStep per round is appended to it ("show your work").
     """
+    parts = list(parts)
     no_merge = len(ranks)  # larger than every rank
     while len(parts) > 1:
-        pair = min(zip(parts, parts[1:]), key=lambda p: ranks.get(p, no_merge))
-        rank = ranks.get(pair)
-        if rank is None:
+        pair_ranks = [ranks.get(pair, no_merge) for pair in zip(parts, parts[1:])]
+        rank = min(pair_ranks)
+        if rank == no_merge:
             break
-        left, right = pair
-        joined, i, n = [], 0, len(parts)
-        while i < n:
-            if i + 1 < n and parts[i] == left and parts[i + 1] == right:
-                joined.append(left + right)
-                i += 2
-            else:
-                joined.append(parts[i])
-                i += 1
-        parts = joined
+        at = pair_ranks.index(rank)
+        left, right = parts[at], parts[at + 1]
+        if pair_ranks.count(rank) == 1:  # the usual case: the pair occurs once (ranks are unique per pair)
+            parts[at:at + 2] = [left + right]
+        else:
+            parts = _join_every(parts, left, right)
         if steps is not None:
-            steps.append(MergeStep(pair, rank, tuple(parts)))
+            steps.append(MergeStep((left, right), rank, tuple(parts)))
     return parts
+
+
+def _join_every(parts: list[str], left: str, right: str) -> list[str]:
+    joined, i, n = [], 0, len(parts)
+    while i < n:
+        if i + 1 < n and parts[i] == left and parts[i + 1] == right:
+            joined.append(left + right)
+            i += 2
+        else:
+            joined.append(parts[i])
+            i += 1
+    return joined
 
 
 def _read_text(path: Path) -> str:

@@ -63,7 +63,7 @@ def without_surrogates(text: str) -> str:
 
 
 def token_bytes(token: str) -> bytes:
-    """The bytes a vocabulary token stands for: 'Ġhé' is made of byte symbols -> b' h\xc3\xa9'."""
+    r"""The bytes a vocabulary token stands for: 'ĠhÃ©' -> b' h\xc3\xa9' (' hé' in UTF-8)."""
     try:
         return bytes(map(BYTE_OF_SYMBOL.__getitem__, token))
     except KeyError:  # an added token outside the byte alphabet stands for its own text

@@ -83,3 +83,39 @@ def reorder_bound(config, dtype) -> Bound:
 # the same matmul shapes through similar BLAS kernels.  The float64 comparison, bounded by
 # reorder_bound(float64), is the exact check; this one guards the float32 path users run.
 HF_FLOAT32_RELATIVE = Bound(1e-5, "issue 2 requirement: spec fp32 vs HF fp32, relative to max|logit|")
+
+
+# Mixed precision (AMP) against the float64 spec
+# ----------------------------------------------
+# Under AMP a matmul rounds both operands to the low dtype (u each) and its result back to
+# it (u), while the kernel accumulates in float32 (MindSpore's CPU and Ascend fp16 MatMul,
+# like every tensor-core kernel; parity_tests checks that sums of 4096 ones come out exact).
+# So a matmul adds ~3 u of relative error, independent of its length K: the sqrt(K) term of
+# forward_bound belongs to the float32 accumulation and is negligible here.  Levels add the
+# element-wise work they move to the low dtype, per block:
+#   O1  only matmuls are low precision:                 6 matmuls x 3 roundings = 18
+#   O2  plus bias adds, GELU and the residual adds:     18 + 4 = 22
+#   O3  plus LayerNorm and softmax (the whole network): 22 + 3 = 25
+# O0 is plain float32 and uses forward_bound.  Depth and SAFETY as in forward_bound.
+AMP_ROUNDINGS_PER_BLOCK = {"O1": 18, "O2": 22, "O3": 25}
+AMP_LEVELS = ("O0", "O1", "O2", "O3")
+
+
+def amp_bound(config, amp_level: str, dtype="float16") -> Bound:
+    """Logits of an AMP forward pass (`amp_level`, low dtype `dtype`) vs the float64 spec."""
+    if amp_level not in AMP_LEVELS:
+        raise ValueError(f"amp_level must be one of {AMP_LEVELS}, got {amp_level!r}")
+    if amp_level == "O0":
+        return forward_bound(config, "float32")
+    u = unit_roundoff(dtype)
+    depth = config.n_layer + 1
+    roundings = AMP_ROUNDINGS_PER_BLOCK[amp_level]
+    return Bound(SAFETY * depth * roundings * u,
+                 f"{SAFETY:g} x (n_layer+1={depth}) x {roundings} {dtype} roundings per block at {amp_level} "
+                 f"x u={u:.2g}")
+
+
+def near_tie_gap(bound: Bound, logits) -> float:
+    """Two backends may pick different argmax tokens only when the top two logits are closer than
+    this: each logit may move by `allowed`, so a gap above 2 x allowed cannot flip."""
+    return 2 * bound.allowed(logits)

@@ -1,0 +1,104 @@
+"""`gptspec attention`: a valid PNG of the expected size, the right weights, the mask shown, clear errors."""
+from __future__ import annotations
+
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+import ref_numpy as R
+from gptspec.cli import main
+from parity_tests.conftest import require_reference
+
+pytest.importorskip("matplotlib", reason="gptspec attention needs the plot extra (matplotlib)")
+from gptspec.commands import attention  # noqa: E402  (after the skip: it is only usable with matplotlib)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY = ["--model", "distilgpt2", "--random-init", "--seed", "1"]  # 6 layers, 12 heads: the smallest preset
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, which a valid PNG has first, right after the signature."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, "not a PNG file"
+    length, chunk_type = struct.unpack(">I4s", data[8:16])
+    assert chunk_type == b"IHDR" and length == 13
+    return struct.unpack(">II", data[16:24])
+
+
+def test_one_head_png_has_the_size_of_its_figure(tmp_path, capsys):
+    out = tmp_path / "head.png"
+    assert main(["attention", *TINY, "--prompt-ids", "464,3290,318", "--layer", "5", "--head", "11",
+                 "--out", str(out)]) == 0
+    width, height = attention.figure_size(1, 3)
+    assert png_size(out) == (round(width * attention.DPI), round(height * attention.DPI)) == (450, 440)
+    assert "1 head(s) of layer 5, 3 tokens" in capsys.readouterr().out
+
+
+def test_every_head_in_a_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["attention", *TINY, "--prompt-ids", " ".join(map(str, range(20))), "--out", str(out)]) == 0
+    # 12 heads in 3 rows of 4 panels; 20 tokens make each panel 0.3 * 20 + 1.5 = 7.5 inches.
+    assert png_size(out) == ((4 * 7.5 + attention.COLORBAR_BAND) * 100, (3 * 7.5 + attention.TITLE_BAND) * 100)
+
+
+def test_weights_are_the_spec_trace_and_masked_cells_are_marked():
+    config = R.GPTConfig(n_vocab=50, n_ctx=16, n_embd=16, n_head=2, n_layer=2)
+    params = R.init_params(config, seed=4)
+    ids = [3, 1, 4, 1, 5]
+    trace: dict = {}
+    R.forward(config, params, np.array([ids]), trace=trace)
+    weights = attention.attention_weights(config, params, ids, layer=1)
+    np.testing.assert_array_equal(weights, trace["blocks.1.attn_weights"][0])
+    pyplot = attention.import_pyplot()
+    figure = attention.plot_heads(pyplot, weights, [0, 1], attention.token_labels(ids, None), "t")
+    for ax, head in zip(figure.axes, [0, 1]):
+        shown = ax.images[0].get_array()
+        future = ~R.causal_mask(5, 5)
+        np.testing.assert_array_equal(np.ma.getmaskarray(shown), future)  # grey exactly where the mask hides
+        np.testing.assert_array_equal(shown.data[~future], weights[head][~future])
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["3", "1", "4", "1", "5"]
+    pyplot.close(figure)
+
+
+def test_labels_are_the_tokens_of_the_real_gpt2_tokenizer(tmp_path):
+    vocab = require_reference("gpt2")
+    tokenizer = R.Tokenizer.from_dir(vocab)
+    assert attention.token_labels(tokenizer.encode("Hello world\n"), tokenizer) == ["Hello", "\u00b7world", "\\n"]
+    out = tmp_path / "text.png"
+    assert main(["attention", *TINY, "--vocab", str(vocab), "--prompt", "Hello world", "--head", "0",
+                 "--out", str(out)]) == 0
+    assert png_size(out) == (450, 440)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt-ids", "1,2", "--layer", "6"], "--layer 6 is out of range: the model has 6 layers (0..5)"),
+    (["--prompt-ids", "1,2", "--layer", "-1"], "--layer -1 is out of range"),
+    (["--prompt-ids", "1,2", "--head", "12"], "--head 12 is out of range: the model has 12 heads (0..11)"),
+    ([], "give a prompt with either --prompt TEXT or --prompt-ids IDS"),
+    (["--prompt-ids", "1", "--prompt", "a"], "give a prompt with either"),
+    (["--prompt", "hello"], "--prompt needs a tokenizer"),
+    (["--prompt-ids", "1,99999"], "token id 99999, outside the vocabulary"),
+])
+def test_bad_arguments_give_one_clear_line(tmp_path, capsys, args, message):
+    assert main(["attention", *TINY, *args, "--out", str(tmp_path / "a.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a.png").exists()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("missing/a.png", "/missing' does not exist"),
+    ("a.jpg", "--out must name a .png file"),
+])
+def test_bad_output_path(tmp_path, capsys, out, message):
+    assert main(["attention", *TINY, "--prompt-ids", "1", "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_matplotlib_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    with pytest.raises(ImportError, match=r"pip install 'gptspec\[plot\]'"):
+        attention.import_pyplot()

@@ -8,8 +8,9 @@ import numpy as np
 import ref_numpy
 
 
-def add_model_args(parser: argparse.ArgumentParser, default_model: str = "gpt2") -> None:
-    """--model / --weights / --random-init / --seed / --dtype, the same in every subcommand."""
+def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = "gpt2", numpy_dtype: bool = True) -> None:
+    """--model / --weights / --random-init / --seed (/ --dtype), the same in every subcommand.
+    `numpy_dtype=False` leaves --dtype to a subcommand that means something else by it."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=default_model, metavar="NAME",
                        help=f"a published model name ({', '.join(ref_numpy.PRESETS)}); default %(default)s")
@@ -17,21 +18,24 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str = "gpt2")
     group.add_argument("--random-init", action="store_true",
                        help="use seeded random weights of --model's size instead of real ones (runs offline)")
     group.add_argument("--seed", type=int, default=0, help="seed for --random-init and for sampling")
-    group.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                       help="NumPy computation dtype (default %(default)s)")
+    if numpy_dtype:
+        group.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                           help="NumPy computation dtype (default %(default)s)")
 
 
-def load_model(args) -> tuple[ref_numpy.GPTConfig, dict]:
-    """(config, params) from the --model/--weights/--random-init arguments."""
+def load_model(args, dtype=None) -> tuple[ref_numpy.GPTConfig, dict]:
+    """(config, params) from the --model/--weights/--random-init arguments, in `dtype`
+    (default: the --dtype argument)."""
+    dtype = np.dtype(dtype or args.dtype)
     if args.random_init:
         if args.weights:
             raise ValueError("--random-init and --weights exclude each other")
         config = ref_numpy.GPTConfig.from_name(args.model)
-        return config, ref_numpy.init_params(config, args.seed, dtype=np.dtype(args.dtype))
+        return config, ref_numpy.init_params(config, args.seed, dtype=dtype)
     import weights  # the loaders sit a layer above the spec
 
     config, params = weights.load(args.weights or args.model)
-    return config, ref_numpy.cast_params(params, np.dtype(args.dtype))
+    return config, ref_numpy.cast_params(params, dtype)
 
 
 def parse_ids(text: str) -> list[int]:

@@ -60,13 +60,31 @@ def unit_roundoff(dtype) -> float:
     return UNIT_ROUNDOFF[name]
 
 
-def forward_bound(config, dtype) -> Bound:
-    """Logits (or any activation) of a `dtype` forward pass vs the float64 spec."""
+def forward_bound(config, dtype, depth: int | None = None) -> Bound:
+    """Logits (or any activation) of a `dtype` forward pass vs the float64 spec.
+
+    `depth` is how many error-adding stages the tensor has passed (see `trace_depth`); the
+    default, n_layer + 1, is the logits'."""
     u = unit_roundoff(dtype)
-    depth = config.n_layer + 1
+    depth = config.n_layer + 1 if depth is None else depth
     value = SAFETY * depth * MATMULS_PER_BLOCK * u * math.sqrt(4 * config.n_embd)
-    return Bound(value, f"{SAFETY:g} x (n_layer+1={depth}) x {MATMULS_PER_BLOCK} matmuls x u={u:.2g} "
+    return Bound(value, f"{SAFETY:g} x (depth={depth}) x {MATMULS_PER_BLOCK} matmuls x u={u:.2g} "
                         f"x sqrt(4C={4 * config.n_embd})")
+
+
+def trace_depth(config, name: str) -> int:
+    """Stages of rounding behind a traced tensor ("embed", "blocks.3.mlp", "ln_f", "logits"):
+    1 for the embedding sum, +1 per block up to and including the tensor's own block; ln_f and
+    the logits count as the last stage, n_layer + 1.  Deeper tensors may carry more error, so a
+    layer-by-layer comparison gets the tightest bound each tensor can be held to."""
+    if name == "embed":
+        return 1
+    if name.startswith("blocks."):
+        layer = int(name.split(".")[1])
+        return min(layer + 2, config.n_layer + 1)
+    if name in ("ln_f", "logits"):
+        return config.n_layer + 1
+    raise ValueError(f"no depth for traced tensor {name!r}")
 
 
 def reorder_bound(config, dtype) -> Bound:
@@ -101,17 +119,18 @@ AMP_ROUNDINGS_PER_BLOCK = {"O1": 18, "O2": 22, "O3": 25}
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 
 
-def amp_bound(config, amp_level: str, dtype="float16") -> Bound:
-    """Logits of an AMP forward pass (`amp_level`, low dtype `dtype`) vs the float64 spec."""
+def amp_bound(config, amp_level: str, dtype="float16", depth: int | None = None) -> Bound:
+    """Logits of an AMP forward pass (`amp_level`, low dtype `dtype`) vs the float64 spec;
+    `depth` as in forward_bound."""
     if amp_level not in AMP_LEVELS:
         raise ValueError(f"amp_level must be one of {AMP_LEVELS}, got {amp_level!r}")
     if amp_level == "O0":
-        return forward_bound(config, "float32")
+        return forward_bound(config, "float32", depth)
     u = unit_roundoff(dtype)
-    depth = config.n_layer + 1
+    depth = config.n_layer + 1 if depth is None else depth
     roundings = AMP_ROUNDINGS_PER_BLOCK[amp_level]
     return Bound(SAFETY * depth * roundings * u,
-                 f"{SAFETY:g} x (n_layer+1={depth}) x {roundings} {dtype} roundings per block at {amp_level} "
+                 f"{SAFETY:g} x (depth={depth}) x {roundings} {dtype} roundings per block at {amp_level} "
                  f"x u={u:.2g}")
 
 

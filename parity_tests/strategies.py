@@ -5,6 +5,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 import ref_numpy
+from gptspec.parity import probe_params
 
 
 @st.composite
@@ -23,8 +24,9 @@ def configs(draw, arch=None, max_layers=3, max_heads=4, max_head_dim=16, max_ctx
 
 
 def model_for(config, seed):
-    """float64 spec params with every parameter randomised (biases and norms too)."""
-    return ref_numpy.init_params(config, seed, dtype=np.float64, random_biases=True)
+    """float64 spec params with every parameter randomised at probe scale (see
+    gptspec.parity.probe_params: GELU inputs of order 1, small embeddings)."""
+    return probe_params(config, seed, dtype=np.float64)
 
 
 @st.composite

@@ -1,0 +1,191 @@
+"""Small writers of each on-disk checkpoint format, for test fixtures.
+
+They are written from the format descriptions (TensorFlow's table.cc/tensor_bundle.proto,
+the GPT-1 release's train.py, Hugging Face's naming), independently of weights/'s readers,
+so a reader bug does not cancel out against the same bug in a shared helper.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+import ref_numpy as R
+from weights import crc32c
+from weights.hf_names import hf_name
+
+# ---------------------------------------------------------------- protobuf + LevelDB table ---
+
+TABLE_MAGIC = 0xDB4775248B80FB57
+DT_CODES = {np.dtype("<f4"): 1, np.dtype("<f8"): 2, np.dtype("<i4"): 3, np.dtype("<i8"): 9, np.dtype("<f2"): 19}
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def field_varint(number: int, value: int) -> bytes:
+    return varint(number << 3) + varint(value)
+
+
+def field_bytes(number: int, value: bytes) -> bytes:
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+def field_fixed32(number: int, value: int) -> bytes:
+    return varint(number << 3 | 5) + struct.pack("<I", value)
+
+
+def entry_proto(dtype_code: int, shape, shard: int, offset: int, size: int, masked_crc: int) -> bytes:
+    shape_proto = b"".join(field_bytes(2, field_varint(1, d)) for d in shape)
+    return (field_varint(1, dtype_code) + field_bytes(2, shape_proto) + field_varint(3, shard)
+            + field_varint(4, offset) + field_varint(5, size) + field_fixed32(6, masked_crc))
+
+
+def header_proto(n_shards: int) -> bytes:
+    return field_varint(1, n_shards) + field_varint(2, 0) + field_bytes(3, field_varint(1, 1))
+
+
+def build_block(entries, restart_interval: int = 16) -> bytes:
+    """Prefix-compressed block with a restart point every `restart_interval` entries."""
+    out, restarts, previous = bytearray(), [], b""
+    for i, (key, value) in enumerate(entries):
+        shared = 0
+        if i % restart_interval == 0:
+            restarts.append(len(out))
+        else:
+            while shared < min(len(key), len(previous)) and key[shared] == previous[shared]:
+                shared += 1
+        out += varint(shared) + varint(len(key) - shared) + varint(len(value)) + key[shared:] + value
+        previous = key
+    restarts = restarts or [0]
+    return bytes(out) + struct.pack(f"<{len(restarts)}I", *restarts) + struct.pack("<I", len(restarts))
+
+
+def write_table(path: Path, entries, entries_per_block: int = 7) -> None:
+    """A table of sorted (key, value) pairs, split into several data blocks."""
+    body = bytearray()
+
+    def add_block(block: bytes) -> bytes:
+        handle = varint(len(body)) + varint(len(block))
+        body.extend(block + b"\x00" + struct.pack("<I", crc32c.mask(crc32c.value(block + b"\x00"))))
+        return handle
+
+    index = []
+    for start in range(0, len(entries), entries_per_block):
+        chunk = entries[start:start + entries_per_block]
+        index.append((chunk[-1][0], add_block(build_block(chunk))))
+    metaindex = add_block(build_block([]))
+    index_handle = add_block(build_block(index, restart_interval=1))
+    footer = (metaindex + index_handle).ljust(40, b"\x00")
+    footer += struct.pack("<II", TABLE_MAGIC & 0xFFFFFFFF, TABLE_MAGIC >> 32)
+    Path(path).write_bytes(bytes(body) + footer)
+
+
+def write_tensor_bundle(prefix: Path, tensors: dict, n_shards: int = 1) -> None:
+    """A TensorFlow checkpoint `prefix`.index + `prefix`.data-*: tensors dealt round-robin to shards."""
+    prefix = Path(prefix)
+    shards = [bytearray() for _ in range(n_shards)]
+    records = [(b"", header_proto(n_shards))]
+    for i, name in enumerate(sorted(tensors)):
+        array = np.ascontiguousarray(tensors[name])
+        raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+        shard = shards[i % n_shards]
+        records.append((name.encode(), entry_proto(DT_CODES[array.dtype.newbyteorder("<")], array.shape,
+                                                   i % n_shards, len(shard), len(raw),
+                                                   crc32c.mask(crc32c.value(raw)))))
+        shard.extend(raw)
+    write_table(prefix.with_name(prefix.name + ".index"), records)
+    for k, data in enumerate(shards):
+        prefix.with_name(f"{prefix.name}.data-{k:05d}-of-{n_shards:05d}").write_bytes(bytes(data))
+
+
+# ------------------------------------------------------------------------ whole folders ---
+
+def tf_variable_name(name: str) -> str:
+    """"blocks.3.attn.c_attn.w" -> "model/h3/attn/c_attn/w" (written out, not imported)."""
+    parts = name.split(".")
+    if parts[0] == "blocks":
+        parts = [f"h{parts[1]}"] + parts[2:]
+    return "/".join(["model"] + parts)
+
+
+def conv_weight(name: str, array: np.ndarray) -> np.ndarray:
+    """OpenAI stores the projection weights as conv1d kernels [1, in, out]."""
+    return array[None] if name.startswith("blocks.") and name.endswith(".w") else array
+
+
+def write_openai_gpt2(folder: Path, config: R.GPTConfig, params: dict, n_shards: int = 1) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hparams = {"n_vocab": config.n_vocab, "n_ctx": config.n_ctx, "n_embd": config.n_embd,
+               "n_head": config.n_head, "n_layer": config.n_layer}
+    (folder / "hparams.json").write_text(json.dumps(hparams, indent=2))
+    (folder / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n'
+                                       'all_model_checkpoint_paths: "model.ckpt"\n')
+    tensors = {tf_variable_name(n): conv_weight(n, a) for n, a in R.flatten_params(params).items()}
+    write_tensor_bundle(folder / "model.ckpt", tensors, n_shards)
+    return folder
+
+
+GPT1_LAYER = ("attn.c_attn.w", "attn.c_attn.b", "attn.c_proj.w", "attn.c_proj.b", "ln_1.g", "ln_1.b",
+              "mlp.c_fc.w", "mlp.c_fc.b", "mlp.c_proj.w", "mlp.c_proj.b", "ln_2.g", "ln_2.b")
+
+
+def write_openai_gpt1(folder: Path, config: R.GPTConfig, params: dict, n_shards: int = 10) -> Path:
+    """params_shapes.json + params_{k}.npy as OpenAI released GPT-1, plus hparams.json (n_head)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    flat = R.flatten_params(params)
+    order = ["wpe", "wte"] + [f"blocks.{i}.{n}" for i in range(config.n_layer) for n in GPT1_LAYER]
+    arrays = [conv_weight(n, flat[n]) for n in order]
+    (folder / "params_shapes.json").write_text(json.dumps([list(a.shape) for a in arrays]))
+    (folder / "hparams.json").write_text(json.dumps({"n_head": config.n_head}))
+    everything = np.concatenate([a.reshape(-1) for a in arrays])
+    for k, piece in enumerate(np.array_split(everything, n_shards)):
+        np.save(folder / f"params_{k}.npy", piece)
+    return folder
+
+
+def hf_config_json(config: R.GPTConfig) -> dict:
+    """config.json as the hub's gpt2 / openai-gpt have it (the keys the loader needs)."""
+    common = {"vocab_size": config.n_vocab, "n_positions": config.n_ctx, "n_embd": config.n_embd,
+              "n_layer": config.n_layer, "n_head": config.n_head, "layer_norm_epsilon": config.layer_norm_epsilon}
+    if config.arch == "gpt2":
+        return {"model_type": "gpt2", "activation_function": "gelu_new", "n_ctx": config.n_ctx, **common}
+    return {"model_type": "openai-gpt", "afn": "gelu", **common}
+
+
+def write_hf(folder: Path, config: R.GPTConfig, params: dict, *, prefix: str = "", mask_buffers: bool = False,
+             n_shards: int = 1) -> Path:
+    """A Hugging Face folder: hub-style names (no prefix by default), optional attn.bias buffers,
+    one model.safetensors or `n_shards` shards with model.safetensors.index.json."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(hf_config_json(config), indent=2))
+    tensors = {hf_name(n, config.arch, prefix): np.ascontiguousarray(a) for n, a in R.flatten_params(params).items()}
+    if mask_buffers:
+        causal = np.tril(np.ones((config.n_ctx, config.n_ctx), np.float32))[None, None]
+        tensors.update({f"{prefix}h.{i}.attn.bias": causal for i in range(config.n_layer)})
+    if n_shards == 1:
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return folder
+    names = sorted(tensors)
+    weight_map = {}
+    for k in range(n_shards):
+        file = f"model-{k + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[k::n_shards]}
+        save_file(part, str(folder / file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in part})
+    index = {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return folder

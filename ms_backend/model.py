@@ -1,0 +1,191 @@
+"""The whole model as one MindSpore Cell: embeddings -> blocks -> (GPT-2: ln_f) -> tied logits.
+
+Two ways to run it:
+    model(ids, attention_mask, past)   the spec's forward on Tensors, dynamic KV cache;
+                                       runs in the context's mode (PyNative by default)
+    model.static_step(...)             one step on a preallocated cache [B, H, n_ctx, D] with
+                                       a write position; `compiled_step` wraps it in
+                                       mindspore.jit, so it compiles once per input shape
+`forward_numpy` takes and returns NumPy like ref_numpy.forward and uses the static step
+when the model was built with mode="graph".
+"""
+from __future__ import annotations
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+
+from ref_numpy import GPTConfig, check_params, prepare_inputs
+
+from .amp import precision_for, to
+from .layers import BLOCK_CELLS, LayerNorm, causal_mask, padding_mask
+
+MODES = ("pynative", "graph")
+
+
+def default_position_ids(attention_mask, n_past, batch, n_new):
+    """Tensor version of ref_numpy.validation.default_position_ids: n_past + arange(T), or
+    with a left-padding mask cumsum(mask) - 1 (0 on padding), the last T columns."""
+    if attention_mask is None:
+        return ops.broadcast_to(ops.arange(n_past, n_past + n_new)[None, :], (batch, n_new))
+    positions = ops.cumsum(attention_mask, -1) - 1
+    positions = ops.where(attention_mask == 0, 0, positions)
+    return positions[:, -n_new:]
+
+
+def as_numpy(tensor):
+    """float32 NumPy copy of a float Tensor of any dtype (bfloat16 has no NumPy dtype)."""
+    return to(tensor, ms.float32).asnumpy()
+
+
+class GPTModel(nn.Cell):
+    """GPT-1/GPT-2 from a ref_numpy config and params dict (any float dtype; held as float32
+    Parameters named like ref_numpy.flatten_params, so save_checkpoint writes the names
+    weights/ reads).  amp_level O0-O3 and dtype ("float16"/"bfloat16") as in amp.py; mode
+    "pynative" or "graph" selects how forward_numpy and generate run."""
+
+    def __init__(self, config: GPTConfig, params: dict, *, amp_level="O0", dtype=None, mode="pynative"):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a ref_numpy.GPTConfig, got {type(config).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_params(config, params)
+        precision = precision_for(amp_level, dtype)
+        self.config, self.amp_level, self.mode = config, amp_level, mode
+        self.low_dtype = None if amp_level == "O0" else (dtype or "float16")
+        self.elementwise_dtype, self.logits_dtype = precision.elementwise, precision.logits
+        self.wte = Parameter(Tensor(params["wte"].astype(np.float32)), name="wte")
+        self.wpe = Parameter(Tensor(params["wpe"].astype(np.float32)), name="wpe")
+        block = BLOCK_CELLS[config.arch]
+        eps = config.layer_norm_epsilon
+        self.blocks = nn.CellList([block(p, config.n_head, eps, precision) for p in params["blocks"]])
+        self.has_ln_f = config.arch == "gpt2"
+        if self.has_ln_f:  # feeds the logits: normalise in precision.norm, hand over in the logits dtype
+            self.ln_f = LayerNorm(params["ln_f"], eps, precision, out_dtype=precision.logits)
+        # x @ wte.T as one MatMul reading wte transposed: 20x faster than materialising wte.T.
+        self.matmul_t = ops.MatMul(transpose_b=True)
+        self.compiled_step = ms.jit(self.static_step)
+
+    # -- the computation -------------------------------------------------------------------
+
+    def embed(self, ids, position_ids):
+        """[B, T] ids -> [B, T, C]: token plus position embedding."""
+        dtype = self.elementwise_dtype
+        return to(ops.gather(self.wte, ids, 0), dtype) + to(ops.gather(self.wpe, position_ids, 0), dtype)
+
+    def lm_head(self, x):
+        """Logits [B, T, V] from the tied embedding, in the logits dtype."""
+        dtype = self.logits_dtype
+        B, T, C = x.shape
+        logits = self.matmul_t(to(x, dtype).reshape(B * T, C), to(self.wte, dtype))
+        return logits.reshape(B, T, -1)
+
+    def run(self, ids, position_ids, mask, past=None, cache_write=None, last_only=False):
+        """Embeddings, blocks, head.  mask boolean [B|1, 1, T, S]; past None or one (k, v) per
+        layer (dynamic, or static with `cache_write`, see layers.extend_cache).  Returns (logits, present, intermediates);
+        last_only keeps the logits of the last position only (all generation needs)."""
+        x = self.embed(ids, position_ids)
+        present = ()
+        intermediates = (x,)
+        for i in range(len(self.blocks)):
+            x, layer_present, extras = self.blocks[i](x, mask, None if past is None else past[i], cache_write)
+            present = present + (layer_present,)
+            intermediates = intermediates + (extras + (x,),)
+        if self.has_ln_f:
+            x = self.ln_f(x)
+            intermediates = intermediates + (x,)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x), present, intermediates
+
+    def construct(self, ids, attention_mask=None, past=None, position_ids=None):
+        """ref_numpy.forward on Tensors: ids [B, T] int, attention_mask [B, S_past + T] 0/1,
+        past one (k, v) [B, H, S_past, D] per layer -> (logits [B, T, V], present)."""
+        B, T = ids.shape
+        n_past = 0 if past is None else past[0][0].shape[2]
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, n_past, B, T)
+        mask = causal_mask(T, n_past + T)[None, None]
+        if attention_mask is not None:
+            mask = mask & padding_mask(attention_mask)
+        logits, present, _ = self.run(ids, position_ids, mask, past)
+        return logits, present
+
+    def static_step(self, ids, position_ids, key_mask, write_pos, cache, last_only=False):
+        """One step on a static cache.  ids, position_ids [B, T]; key_mask [B, n_ctx] 0/1 (1 =
+        a real token is, or will now be, in that slot); write_pos: int Tensor, the slot of
+        ids[:, 0]; cache one (k, v) [B, H, n_ctx, D] per layer.  -> (logits, updated cache)."""
+        T = ids.shape[1]
+        n_slots = cache[0][0].shape[2]
+        mask = causal_mask(T, write_pos + T, n_slots)[None, None] & padding_mask(key_mask)
+        slots = ops.arange(n_slots)[:, None] == write_pos + ops.arange(T)[None, :]  # one-hot [n_ctx, T]
+        cache_write = (slots.astype(ms.float32), write_pos + T)
+        logits, present, _ = self.run(ids, position_ids, mask, cache, cache_write, last_only)
+        return logits, present
+
+    # -- NumPy in, NumPy out ----------------------------------------------------------------
+
+    def empty_cache(self, batch):
+        """A zero static cache: one (k, v) [B, H, n_ctx, D] per layer, in the activation dtype."""
+        c = self.config
+        shape = (batch, c.n_head, c.n_ctx, c.head_dim)
+        return tuple((ops.zeros(shape, self.elementwise_dtype), ops.zeros(shape, self.elementwise_dtype))
+                     for _ in range(c.n_layer))
+
+    def forward_numpy(self, ids, *, attention_mask=None, past=None, position_ids=None, trace=None):
+        """ref_numpy.forward's arguments and results in NumPy (float32): (logits [B, T, V],
+        present [(k, v) [B, H, S, D]] per layer).  `trace` (a dict) receives the spec's trace
+        keys; tracing runs the dynamic path."""
+        inputs = prepare_inputs(self.config, ids, attention_mask=attention_mask, past=past,
+                                position_ids=position_ids)
+        if self.mode == "graph" and trace is None:
+            return self._forward_static(inputs, past)
+        tensor = (lambda a: None if a is None else Tensor(a))
+        past_tensors = None if past is None else tuple(
+            (Tensor(np.asarray(k, np.float32)).astype(self.elementwise_dtype),
+             Tensor(np.asarray(v, np.float32)).astype(self.elementwise_dtype)) for k, v in past)
+        ids_t, mask_t = Tensor(inputs.ids), tensor(inputs.attention_mask)
+        B, T = inputs.ids.shape
+        mask = causal_mask(T, inputs.n_past + T)[None, None]
+        if mask_t is not None:
+            mask = mask & padding_mask(mask_t)
+        logits, present, intermediates = self.run(ids_t, Tensor(inputs.position_ids), mask, past_tensors)
+        if trace is not None:
+            self._fill_trace(trace, intermediates, logits)
+        return as_numpy(logits), [(as_numpy(k), as_numpy(v)) for k, v in present]
+
+    def step_numpy(self, ids, position_ids, key_mask, write_pos, cache, last_only=False):
+        """compiled_step with NumPy ids/masks and an int write_pos (see static_step).  The cache
+        is marked mutable: a tuple of Tensors would otherwise be a graph constant, and every new
+        cache value would compile a new graph."""
+        return self.compiled_step(Tensor(ids), Tensor(position_ids), Tensor(key_mask), Tensor(write_pos, ms.int64),
+                                  ms.mutable(cache), last_only)
+
+    def _forward_static(self, inputs, past):
+        B, T = inputs.ids.shape
+        n_past, n_ctx = inputs.n_past, self.config.n_ctx
+        cache = self.empty_cache(B)
+        if past is not None:
+            filled = []
+            for k, v in past:
+                k_full, v_full = np.zeros((2, *cache[0][0].shape), np.float32)
+                k_full[:, :, :n_past], v_full[:, :, :n_past] = k, v
+                filled.append((Tensor(k_full).astype(self.elementwise_dtype),
+                               Tensor(v_full).astype(self.elementwise_dtype)))
+            cache = tuple(filled)
+        key_mask = np.zeros((B, n_ctx), np.int64)
+        key_mask[:, :n_past + T] = 1 if inputs.attention_mask is None else inputs.attention_mask
+        logits, cache = self.step_numpy(inputs.ids, inputs.position_ids, key_mask, n_past, cache)
+        return as_numpy(logits), [(as_numpy(k)[:, :, :n_past + T], as_numpy(v)[:, :, :n_past + T])
+                                  for k, v in cache]
+
+    def _fill_trace(self, trace, intermediates, logits):
+        trace["embed"] = as_numpy(intermediates[0])
+        for i in range(self.config.n_layer):
+            a, weights, m, out = intermediates[1 + i]
+            trace.update({f"blocks.{i}.attn": as_numpy(a), f"blocks.{i}.attn_weights": as_numpy(weights),
+                          f"blocks.{i}.mlp": as_numpy(m), f"blocks.{i}.out": as_numpy(out)})
+        if self.has_ln_f:
+            trace["ln_f"] = as_numpy(intermediates[-1])
+        trace["logits"] = as_numpy(logits)

@@ -24,7 +24,9 @@ def model_dir(name: str, fmt: str) -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if name not in NAMES[fmt]:
-        raise ValueError(f"{name!r} is not published in the {fmt!r} format; known: {', '.join(NAMES[fmt])}")
+        other = [f for f in FORMATS if f != fmt and name in NAMES[f]]
+        hint = f" (it is in the {other[0]!r} format: --format {other[0]})" if other else ""
+        raise ValueError(f"{name!r} is not published in the {fmt!r} format{hint}; known: {', '.join(NAMES[fmt])}")
     return home() / fmt / name
 
 

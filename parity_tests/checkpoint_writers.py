@@ -89,8 +89,10 @@ def write_table(path: Path, entries, entries_per_block: int = 7) -> None:
     Path(path).write_bytes(bytes(body) + footer)
 
 
-def write_tensor_bundle(prefix: Path, tensors: dict, n_shards: int = 1) -> None:
-    """A TensorFlow checkpoint `prefix`.index + `prefix`.data-*: tensors dealt round-robin to shards."""
+def write_tensor_bundle(prefix: Path, tensors: dict, n_shards: int = 1, dtype_codes: dict | None = None) -> None:
+    """A TensorFlow checkpoint `prefix`.index + `prefix`.data-*: tensors dealt round-robin to shards.
+    dtype_codes: {name: DataType code} to declare another dtype than the array's (bad-input tests)."""
+    dtype_codes = dtype_codes or {}
     prefix = Path(prefix)
     shards = [bytearray() for _ in range(n_shards)]
     records = [(b"", header_proto(n_shards))]
@@ -98,7 +100,8 @@ def write_tensor_bundle(prefix: Path, tensors: dict, n_shards: int = 1) -> None:
         array = np.ascontiguousarray(tensors[name])
         raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
         shard = shards[i % n_shards]
-        records.append((name.encode(), entry_proto(DT_CODES[array.dtype.newbyteorder("<")], array.shape,
+        code = dtype_codes.get(name, DT_CODES[array.dtype.newbyteorder("<")])
+        records.append((name.encode(), entry_proto(code, array.shape,
                                                    i % n_shards, len(shard), len(raw),
                                                    crc32c.mask(crc32c.value(raw)))))
         shard.extend(raw)
@@ -122,7 +125,12 @@ def conv_weight(name: str, array: np.ndarray) -> np.ndarray:
     return array[None] if name.startswith("blocks.") and name.endswith(".w") else array
 
 
-def write_openai_gpt2(folder: Path, config: R.GPTConfig, params: dict, n_shards: int = 1) -> Path:
+def gpt2_tf_tensors(params: dict) -> dict[str, np.ndarray]:
+    """OpenAI's variables: {"model/h0/attn/c_attn/w": [1, C, 3C] array, ...}."""
+    return {tf_variable_name(n): conv_weight(n, a) for n, a in R.flatten_params(params).items()}
+
+
+def write_openai_gpt2(folder: Path, config: R.GPTConfig, params: dict, n_shards: int = 1, **bundle_options) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hparams = {"n_vocab": config.n_vocab, "n_ctx": config.n_ctx, "n_embd": config.n_embd,
@@ -130,8 +138,7 @@ def write_openai_gpt2(folder: Path, config: R.GPTConfig, params: dict, n_shards:
     (folder / "hparams.json").write_text(json.dumps(hparams, indent=2))
     (folder / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n'
                                        'all_model_checkpoint_paths: "model.ckpt"\n')
-    tensors = {tf_variable_name(n): conv_weight(n, a) for n, a in R.flatten_params(params).items()}
-    write_tensor_bundle(folder / "model.ckpt", tensors, n_shards)
+    write_tensor_bundle(folder / "model.ckpt", gpt2_tf_tensors(params), n_shards, **bundle_options)
     return folder
 
 

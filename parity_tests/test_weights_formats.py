@@ -150,3 +150,23 @@ def test_cli_model_name_loads_cached_weights(tmp_path, monkeypatch, capsys):
     assert main(["generate", "--model", "gpt2", "--prompt-ids", "1,2", "--max-new-tokens", "3", "--greedy"]) == 0
     expected = R.generate(config, params, [1, 2], 3, greedy=True)
     assert capsys.readouterr().out.splitlines()[1] == "generated: " + " ".join(map(str, expected[2:].tolist()))
+
+
+def test_gpt_model_checkpoint_and_weights_save_are_interchangeable(tmp_path):
+    """mindspore.save_checkpoint(GPTModel) + gptspec.json loads through weights.load, and the file
+    weights.save writes loads into a GPTModel with every parameter matched."""
+    mindspore = pytest.importorskip("mindspore", reason="mindspore extra not installed")
+    import ms_backend
+    from weights import mindspore_ckpt
+
+    config, params = CONFIGS["gpt2"], params_of("gpt2")
+    model = ms_backend.GPTModel(config, params)
+    mindspore.save_checkpoint(model, str(tmp_path / "model.ckpt"))
+    mindspore_ckpt.write_marker(config, tmp_path)
+    assert_identical(params, weights.load(tmp_path)[1])
+
+    weights.save(params, config, tmp_path / "saved", format="mindspore")
+    fresh = ms_backend.GPTModel(config, R.init_params(config, seed=99))
+    not_loaded = mindspore.load_param_into_net(fresh, mindspore.load_checkpoint(str(tmp_path / "saved" / "model.ckpt")))
+    assert not any(not_loaded)  # (param_not_load, ckpt_not_load) both empty
+    assert_identical(params, R.unflatten_params({p.name: p.asnumpy() for p in fresh.get_parameters()}))

@@ -18,13 +18,16 @@ from pathlib import Path
 from . import cache
 from .common import CheckpointError
 
-# marker file -> (format name, what a folder of it holds), in the order detection tries them
-# (GPT-1 before GPT-2: a GPT-1 folder may carry an hparams.json with its n_head).
+# format -> (marker files, any of which identifies it; what a folder of it holds), in the order
+# detection tries them (GPT-1 before GPT-2: a GPT-1 folder may carry an hparams.json with its
+# n_head).  A folder with a marker but not the rest gets the loader's "missing file" error.
 FORMATS = {
-    "gptspec.json": ("mindspore", "gptspec.json + model.ckpt (MindSpore)"),
-    "params_shapes.json": ("openai-gpt1", "params_shapes.json + params_0..9.npy (OpenAI GPT-1)"),
-    "hparams.json": ("openai-gpt2", "hparams.json + model.ckpt.index/.data-* (OpenAI GPT-2, TensorFlow)"),
-    "config.json": ("hf", "config.json + model.safetensors or model.safetensors.index.json (Hugging Face)"),
+    "mindspore": (("gptspec.json",), "gptspec.json + model.ckpt (MindSpore)"),
+    "openai-gpt1": (("params_shapes.json", "params_0.npy"), "params_shapes.json + params_0..9.npy (OpenAI GPT-1)"),
+    "openai-gpt2": (("hparams.json", "model.ckpt.index", "checkpoint"),
+                    "hparams.json + model.ckpt.index + model.ckpt.data-* (OpenAI GPT-2, TensorFlow)"),
+    "hf": (("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
+           "config.json + model.safetensors or model.safetensors.index.json (Hugging Face)"),
 }
 SAVE_FORMATS = ("safetensors", "mindspore")
 
@@ -37,8 +40,8 @@ def detect(folder) -> str:
     if not folder.is_dir():
         kind = "a file" if folder.exists() else "missing"
         raise FileNotFoundError(f"{folder} is {kind}: give the folder that holds the checkpoint")
-    for marker, (name, _) in FORMATS.items():
-        if (folder / marker).is_file():
+    for name, (markers, _) in FORMATS.items():
+        if any((folder / marker).is_file() for marker in markers):
             return name
     present = sorted(p.name for p in folder.iterdir())[:12]
     looked_for = "; ".join(description for _, description in FORMATS.values())

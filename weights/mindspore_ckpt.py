@@ -67,5 +67,13 @@ def save(params: dict, config: ref_numpy.GPTConfig, folder: Path) -> None:
     tensors = [{"name": name, "data": mindspore.Tensor(array)}
                for name, array in ref_numpy.flatten_params(params).items()]
     mindspore.save_checkpoint(tensors, str(folder / CHECKPOINT))
-    marker = {"format": FORMAT_TAG, "checkpoint": CHECKPOINT, "config": config.to_dict()}
-    (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    write_marker(config, folder)
+
+
+def write_marker(config: ref_numpy.GPTConfig, folder: Path, checkpoint: str = CHECKPOINT) -> None:
+    """gptspec.json for a .ckpt in `folder`; with it the checkpoint of an ms_backend.GPTModel loads:
+
+        mindspore.save_checkpoint(model, "out/model.ckpt"); write_marker(model.config, Path("out"))
+    """
+    marker = {"format": FORMAT_TAG, "checkpoint": checkpoint, "config": config.to_dict()}
+    (Path(folder) / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")

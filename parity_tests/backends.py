@@ -31,7 +31,43 @@ class NumpyBackend:
         return ref_numpy.generate(config, params, ids, max_new_tokens, **kwargs)
 
 
-BACKENDS = {b.name: b for b in (NumpyBackend("float64"), NumpyBackend("float32"))}
+class MindSporeBackend:
+    """ms_backend.GPTModel in float32 (amp O0), run in `mode` ("pynative" or "graph").
+
+    Only PyNative is registered: the six properties take ~2 min on it with the ci profile's 20
+    examples, while graph mode compiles new graphs for every random config and shape (~1.5 s
+    each).  Graph mode is checked against PyNative in test_ms_graph.py instead."""
+
+    dtype = np.dtype("float32")
+
+    def __init__(self, mode="pynative"):
+        self.mode = mode
+        self.name = f"mindspore-{mode}"
+
+    def prepare(self, config, params):
+        import ms_backend
+
+        return ms_backend.GPTModel(config, params, mode=self.mode)
+
+    def forward(self, model, ids, **kwargs):
+        return model.forward_numpy(ids, **kwargs)
+
+    def generate(self, model, ids, max_new_tokens, **kwargs):
+        import ms_backend
+
+        return ms_backend.generate(model.config, model, ids, max_new_tokens, **kwargs)
+
+
+def _available_backends():
+    backends = [NumpyBackend("float64"), NumpyBackend("float32")]
+    try:
+        import mindspore  # noqa: F401  (optional: the `mindspore` extra)
+    except ImportError:
+        return backends
+    return backends + [MindSporeBackend("pynative")]
+
+
+BACKENDS = {b.name: b for b in _available_backends()}
 
 
 def backend_names():

@@ -162,16 +162,21 @@ def run_parity(config, params, ids, *, amp_level="O0", dtype=None, mode="pynativ
     ref_numpy.forward(config, params64, ids, trace=reference)
     logits, _ = model.forward_numpy(ids, trace=actual)
     rows = compare_traces(config, reference, actual, amp_level=amp_level, dtype=dtype)
+    logits_bound = precision_bound(config, amp_level, dtype)
     # The model's own output (graph mode's compiled path) besides its traced run.
-    rows.append(compare("logits (model output)", logits, reference["logits"],
-                        precision_bound(config, amp_level, dtype)))
+    rows.append(compare("logits (model output)", logits, reference["logits"], logits_bound))
+    if ids.shape[1] > 1:  # the second half through the KV cache of the first: positions must continue
+        half = ids.shape[1] // 2
+        _, past = model.forward_numpy(ids[:, :half])
+        cached, _ = model.forward_numpy(ids[:, half:], past=past)
+        rows.append(compare("logits (KV cache)", cached, reference["logits"][:, half:], logits_bound))
     settings = {"arch": config.arch, "n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head,
                 "n_vocab": config.n_vocab, "tokens": int(ids.shape[1]), "amp_level": amp_level,
                 "dtype": dtype or ("float16" if amp_level != "O0" else "float32"), "mode": mode}
     report = ParityReport(settings, rows, logits_agreement(reference["logits"], logits))
     if max_new_tokens:
         spec_tokens = ref_numpy.generate(config, params64, ids[0], max_new_tokens, greedy=True)[ids.shape[1]:]
-        ms_tokens = ms_backend.generate(config, model, ids[0], max_new_tokens, greedy=True)[ids.shape[1]:]
+        ms_tokens = ms_backend.generate(model.config, model, ids[0], max_new_tokens, greedy=True)[ids.shape[1]:]
         report.generation = check_greedy(config, params64, ids[0], spec_tokens, ms_tokens,
                                          precision_bound(config, amp_level, dtype))
     return report

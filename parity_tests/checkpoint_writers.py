@@ -97,7 +97,7 @@ def write_tensor_bundle(prefix: Path, tensors: dict, n_shards: int = 1, dtype_co
     shards = [bytearray() for _ in range(n_shards)]
     records = [(b"", header_proto(n_shards))]
     for i, name in enumerate(sorted(tensors)):
-        array = np.ascontiguousarray(tensors[name])
+        array = np.asarray(tensors[name])  # (not ascontiguousarray: it turns a scalar into shape (1,))
         raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
         shard = shards[i % n_shards]
         code = dtype_codes.get(name, DT_CODES[array.dtype.newbyteorder("<")])

@@ -213,7 +213,24 @@ def model_sizes_table() -> list[str]:
     return rows
 
 
-TABLES = {"model-sizes": model_sizes_table}
+def bounds_table() -> list[str]:
+    """gptspec.tolerances' bounds on the logits vs the float64 spec, for every preset."""
+    import ref_numpy
+    from gptspec import tolerances
+
+    columns = [("float32", lambda c: tolerances.forward_bound(c, "float32")),
+               ("AMP O1 fp16", lambda c: tolerances.amp_bound(c, "O1")),
+               ("AMP O2 fp16", lambda c: tolerances.amp_bound(c, "O2")),
+               ("AMP O3 fp16", lambda c: tolerances.amp_bound(c, "O3")),
+               ("AMP O2 bf16", lambda c: tolerances.amp_bound(c, "O2", "bfloat16"))]
+    rows = ["| model | " + " | ".join(name for name, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name in ref_numpy.PRESETS:
+        config = ref_numpy.GPTConfig.from_name(name)
+        rows.append(f"| `{name}` | " + " | ".join(f"{bound(config).value:.2g}" for _, bound in columns) + " |")
+    return rows
+
+
+TABLES = {"model-sizes": model_sizes_table, "bounds": bounds_table}
 
 
 def build(block: Block, root: Path, draw_images: bool = False) -> list[str]:

@@ -103,7 +103,7 @@ def test_symbols_of_every_kind(tmp_path):
                                                           "assignment named 'atention'"),
     ("<!-- excerpt: ref_numpy/nothing.py::f -->\n", "no file ref_numpy/nothing.py"),
     ("<!-- excerpt: ref_numpy/layers.py -->\n", "must look like path/to/file.py::symbol"),
-    ("<!-- table: sizes -->\n", "unknown table 'sizes'; known: model-sizes"),
+    ("<!-- table: sizes -->\n", "unknown table 'sizes'; known: model-sizes, bounds"),
     ("<!-- output: ls -l -->\n", "only gptspec commands can be run"),
     ("<!-- output: gptspec detokenize --vocab /nonexistent 1 -->\n", "failed (exit 2)"),
     ("<!-- image: gptspec attention --prompt-ids 1 -->\n", "needs --out FILE"),

@@ -131,8 +131,9 @@ def download(url: str, dest: Path, *, size: int | None = None, timeout: float = 
                 raise Interrupted(f"download of {url} interrupted after {received} bytes ({error}); the partial "
                               f"file {part} is kept: run the same command again to resume") from None
         if total is not None and received < total:
-            raise Interrupted(f"download of {url} stopped at {received} of {total} bytes; the partial file "
-                          f"{part} is kept: run the same command again to resume")
+            raise Interrupted(f"download of {url} interrupted after {received} of {total} bytes (the server "
+                              f"closed the connection); the partial file {part} is kept: run the same command "
+                              f"again to resume")
         bar.update(0, final=True)
     return part
 
@@ -166,7 +167,8 @@ def check_file(path: Path, url: str, expected: dict, origin: str) -> str:
     return digest
 
 
-def fetch_file(file: str, url: str, folder: Path, key: str, lock: Lock, *, retries: int, log, progress) -> None:
+def fetch_file(file: str, url: str, folder: Path, key: str, lock: Lock, *, retries: int, log, progress,
+               timeout: float) -> None:
     """Download one file (resuming, retrying), check it, and rename it into place."""
     dest = folder / file
     published = KNOWN_FILES.get(key.rsplit("/", 1)[0], {}).get(file, {})
@@ -179,7 +181,7 @@ def fetch_file(file: str, url: str, folder: Path, key: str, lock: Lock, *, retri
         return
     for attempt in range(retries + 1):
         try:
-            part = download(url, dest, size=expected.get("size"), progress=progress)
+            part = download(url, dest, size=expected.get("size"), progress=progress, timeout=timeout)
             break
         except Interrupted as error:
             if attempt == retries:
@@ -198,7 +200,7 @@ def fetch_file(file: str, url: str, folder: Path, key: str, lock: Lock, *, retri
 
 
 def fetch(name: str, fmt: str = "openai", *, base_url: str | None = None, retries: int = 3,
-          log=sys.stderr, progress=sys.stderr) -> Path:
+          timeout: float = 60, log=sys.stderr, progress=sys.stderr) -> Path:
     """Download model `name` in format `fmt` ("openai" or "hf") into the cache; return its folder."""
     folder = cache.model_dir(name, fmt)
     base_url = base_url or os.environ.get("GPTSPEC_FETCH_BASE_URL")
@@ -207,5 +209,6 @@ def fetch(name: str, fmt: str = "openai", *, base_url: str | None = None, retrie
     lock = Lock(cache.home())
     print(f"fetching {name} ({fmt}) into {folder}", file=log)
     for file, url in files.items():
-        fetch_file(file, url, folder, f"{fmt}/{name}/{file}", lock, retries=retries, log=log, progress=progress)
+        fetch_file(file, url, folder, f"{fmt}/{name}/{file}", lock, retries=retries, log=log, progress=progress,
+                   timeout=timeout)
     return folder

@@ -17,7 +17,10 @@ import json
 
 import numpy as np
 
+from ref_numpy import GPTConfig
+
 from gptspec.common import add_model_args, load_model, parse_ids
+from gptspec.parity import probe_params, run_parity
 from gptspec.tolerances import AMP_LEVELS
 
 DEFAULT_MODEL = {"gpt1": "openai-gpt", "gpt2": "gpt2"}
@@ -55,8 +58,6 @@ def resolve_model_args(args) -> None:
 
 
 def prompt_ids(args, config) -> np.ndarray:
-    if args.prompt is not None and args.prompt_ids is not None:
-        raise ValueError("give either --prompt or --prompt-ids, not both")
     if args.prompt is not None:
         from gptspec.commands.generate import load_tokenizer
 
@@ -70,19 +71,27 @@ def prompt_ids(args, config) -> np.ndarray:
 def run(args) -> int:
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.prompt is not None and args.prompt_ids is not None:
+        raise ValueError("give either --prompt or --prompt-ids, not both")
     if args.amp == "O0" and args.dtype is not None:
         raise ValueError(f"--dtype {args.dtype} needs an AMP level (--amp O1, O2 or O3); O0 runs in float32")
     resolve_model_args(args)
-    config, params = load_model(args, dtype="float32")
+    if args.random_init:  # probe-scale weights: GPT-2's own init would hide an erf GELU (see probe_params)
+        if args.weights:
+            raise ValueError("--random-init and --weights exclude each other")
+        config = GPTConfig.from_name(args.model)
+        params = probe_params(config, args.seed)
+    else:
+        config, params = load_model(args, dtype="float32")
     ids = prompt_ids(args, config)
     try:
-        from gptspec.parity import run_parity
         report = run_parity(config, params, ids, amp_level=args.amp, dtype=args.dtype, mode=args.mode,
                             max_new_tokens=args.max_new_tokens)
     except ImportError as error:
         raise ValueError(f"gptspec parity needs the MindSpore backend ({error}); install the extra: "
                          f"pip install -e '.[mindspore]'") from None
     if args.random_init:
-        report.notes.append(f"model: seeded random {args.model} (--seed {args.seed}), not trained weights")
+        report.notes.append(f"model: seeded random {args.model} sizes (--seed {args.seed}) at probe scale "
+                            f"(gptspec.parity.probe_params), not trained weights")
     print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
     return 0 if report.passed else 1

@@ -1,0 +1,96 @@
+"""`gptspec parity`: the per-layer report, its JSON, its exit status, and its errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import ref_numpy as R
+from gptspec.cli import main
+from gptspec.parity import probe_params
+
+from .conftest import require_reference
+
+pytest.importorskip("mindspore", reason="mindspore extra not installed")
+ms_backend = pytest.importorskip("ms_backend", reason="mindspore extra not installed")
+weights = pytest.importorskip("weights")
+pytestmark = pytest.mark.mindspore
+
+TINY = R.GPTConfig(arch="gpt2", n_vocab=57, n_ctx=16, n_embd=16, n_head=2, n_layer=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    weights.save(probe_params(TINY, 4), TINY, folder, format="safetensors")
+    return str(folder)
+
+
+def test_json_report_covers_every_tensor_and_passes(capsys, checkpoint):
+    assert main(["parity", "--weights", checkpoint, "--prompt-ids", "1 2 3 4 5", "--max-new-tokens", "3",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    names = [row["tensor"] for row in report["tensors"]]
+    expected = {}
+    R.forward(TINY, probe_params(TINY, 4), np.array([1, 2, 3, 4, 5]), trace=expected)
+    assert names == [*expected, "logits (model output)", "logits (KV cache)"]
+    assert report["passed"] and all(row["passed"] for row in report["tensors"])
+    assert report["settings"]["amp_level"] == "O0" and report["settings"]["dtype"] == "float32"
+    assert report["top1_agreement"] == 1.0 and report["generation"]["first_divergence"] is None
+    assert all(0 <= row["max_abs_err"] <= row["allowed_abs_err"] for row in report["tensors"])
+
+
+def test_table_at_an_amp_level_in_graph_mode(capsys, checkpoint):
+    assert main(["parity", "--weights", checkpoint, "--amp", "O2", "--mode", "graph", "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "amp_level=O2" in out and "dtype=float16" in out and "mode=graph" in out
+    assert "| blocks.1.mlp " in out and "top-1 agreement" in out and out.rstrip().endswith("PASS")
+
+
+def test_a_broken_backend_exits_1_and_names_the_tensor(capsys, checkpoint, monkeypatch):
+    from mindspore import ops
+
+    monkeypatch.setattr(ms_backend.layers, "gelu", lambda x: ops.gelu(x, approximate="none"))
+    assert main(["parity", "--weights", checkpoint, "--max-new-tokens", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "| blocks.0.mlp " in out and "FAIL: FAIL blocks.0.mlp" in out
+
+
+def test_text_prompt_through_the_real_gpt2_tokenizer(capsys, tmp_path):
+    vocab = require_reference("gpt2")
+    config = TINY.replace(n_vocab=50257)
+    weights.save(probe_params(config, 0), config, tmp_path, format="safetensors")
+    assert main(["parity", "--weights", str(tmp_path), "--vocab", str(vocab), "--prompt", "Hello world, again",
+                 "--max-new-tokens", "1"]) == 0
+    assert "tokens=4" in capsys.readouterr().out  # Hello | world | , | again
+
+
+@pytest.mark.slow
+def test_the_default_runs_offline_on_a_random_124m_gpt2(capsys):
+    assert main(["parity", "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "n_layer=12 n_embd=768" in out and "seeded random gpt2" in out and "| blocks.11.out " in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "gpt1", "--model", "gpt2"], "--arch chooses the random model"),
+    (["--dtype", "float16"], "--dtype float16 needs an AMP level"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),
+    (["--prompt", "hi", "--prompt-ids", "1"], "either --prompt or --prompt-ids"),
+    (["--random-init", "--weights", "x"], "--random-init and --weights exclude each other"),
+    (["--weights", "/nonexistent/folder"], "'/nonexistent/folder' is neither an existing checkpoint folder"),
+    (["--prompt", "hi", "--model", "distilgpt2", "--random-init"], "--prompt needs a tokenizer"),
+    (["--prompt-ids", "5 99999", "--model", "distilgpt2", "--random-init"], "token id 99999, outside"),
+])
+def test_bad_arguments_give_one_clear_line(capsys, args, message):
+    assert main(["parity"] + args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bfloat16_where_the_device_has_no_kernel_is_a_clear_error(capsys, checkpoint):
+    if ms_backend.device_target() != "CPU":
+        pytest.skip(f"bfloat16 matmuls are supported on {ms_backend.device_target()}")
+    assert main(["parity", "--weights", checkpoint, "--amp", "O2", "--dtype", "bfloat16"]) == 2
+    assert "cannot compute matmuls in bfloat16 on device CPU" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`gptspec attention`: a valid PNG of the expected size, the right weights, the mask shown, clear errors."""
 from __future__ import annotations
 
+import shutil
 import struct
 import sys
 
@@ -29,18 +30,20 @@ def png_size(path) -> tuple[int, int]:
 
 def test_one_head_png_has_the_size_of_its_figure(tmp_path, capsys):
     out = tmp_path / "head.png"
-    assert main(["attention", *TINY, "--prompt-ids", "464,3290,318", "--layer", "5", "--head", "11",
+    assert main(["attention", *TINY, "--prompt-ids", " ".join(map(str, range(20))), "--layer", "5", "--head", "11",
                  "--out", str(out)]) == 0
-    width, height = attention.figure_size(1, 3)
-    assert png_size(out) == (round(width * attention.DPI), round(height * attention.DPI)) == (450, 440)
-    assert "1 head(s) of layer 5, 3 tokens" in capsys.readouterr().out
+    # 20 tokens make the panel 0.3 * 20 + 1.5 = 7.5 inches; + 1.0 for the colour bar, + 0.9 for the title
+    assert png_size(out) == (850, 840)
+    width, height = attention.figure_size(1, 20)
+    assert (round(width * attention.DPI), round(height * attention.DPI)) == (850, 840)
+    assert "1 head(s) of layer 5, 20 tokens" in capsys.readouterr().out
 
 
 def test_every_head_in_a_grid(tmp_path):
     out = tmp_path / "grid.png"
-    assert main(["attention", *TINY, "--prompt-ids", " ".join(map(str, range(20))), "--out", str(out)]) == 0
-    # 12 heads in 3 rows of 4 panels; 20 tokens make each panel 0.3 * 20 + 1.5 = 7.5 inches.
-    assert png_size(out) == ((4 * 7.5 + attention.COLORBAR_BAND) * 100, (3 * 7.5 + attention.TITLE_BAND) * 100)
+    assert main(["attention", *TINY, "--prompt-ids", "464,3290,318", "--out", str(out)]) == 0
+    # 12 heads in 3 rows of 4 panels of 3.5 inches (the smallest panel)
+    assert png_size(out) == (1500, 1140)  # 100 dpi x (4 x 3.5 + 1.0 colour bar, 3 x 3.5 + 0.9 title)
 
 
 def test_weights_are_the_spec_trace_and_masked_cells_are_marked():
@@ -102,3 +105,25 @@ def test_missing_matplotlib_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     with pytest.raises(ImportError, match=r"pip install 'gptspec\[plot\]'"):
         attention.import_pyplot()
+
+
+def test_a_checkpoint_folder_with_its_own_tokenizer(tmp_path, capsys):
+    """--weights DIR: a saved (tiny) checkpoint; DIR also holds GPT-2's tokenizer files, which
+    encode --prompt and label the axes."""
+    pytest.importorskip("safetensors", reason="saving a checkpoint needs the weights extra (safetensors)")
+    import weights
+
+    vocab = require_reference("gpt2")
+    config = R.GPTConfig(n_vocab=50257, n_ctx=32, n_embd=16, n_head=4, n_layer=2)
+    folder = weights.save(R.init_params(config, seed=2), config, tmp_path / "ckpt", format="safetensors")
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copyfile(vocab / name, folder / name)
+    out = tmp_path / "ckpt.png"
+    assert main(["attention", "--weights", str(folder), "--prompt", "Hello world, hi", "--layer", "1",
+                 "--out", str(out)]) == 0
+    assert "4 head(s) of layer 1, 4 tokens" in capsys.readouterr().out
+    # 4 heads in one row of 4 panels of 3.5 inches (4 tokens are below the panel's minimum size)
+    assert png_size(out) == (1500, 440)  # 100 dpi x (4 x 3.5 + 1.0 colour bar, 3.5 + 0.9 title)
+    assert main(["attention", "--weights", str(folder), "--prompt-ids", "1,2", "--layer", "2",
+                 "--out", str(out)]) == 2
+    assert "--layer 2 is out of range: the model has 2 layers (0..1)" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`gptspec attention`: a valid PNG of the expected size, the right weights, the mask shown, clear errors."""
 from __future__ import annotations
 
+import argparse
 import shutil
 import struct
 import sys
@@ -124,6 +125,13 @@ def test_a_checkpoint_folder_with_its_own_tokenizer(tmp_path, capsys):
     assert "4 head(s) of layer 1, 4 tokens" in capsys.readouterr().out
     # 4 heads in one row of 4 panels of 3.5 inches (4 tokens are below the panel's minimum size)
     assert png_size(out) == (1500, 440)  # 100 dpi x (4 x 3.5 + 1.0 colour bar, 3.5 + 0.9 title)
+    assert main(["attention", "--weights", str(folder), "--prompt-ids", "15496,995", "--head", "0",
+                 "--out", str(out)]) == 0  # ids in, token strings on the axes (from the folder's tokenizer)
+    capsys.readouterr()
+    labels = attention.labels_tokenizer(argparse.Namespace(weights=str(folder)))
+    assert attention.token_labels([15496, 995], labels) == ["Hello", "\u00b7world"]
+    assert attention.labels_tokenizer(argparse.Namespace(weights=str(tmp_path))) is None  # no tokenizer files
+    assert attention.labels_tokenizer(argparse.Namespace(weights=None)) is None
     assert main(["attention", "--weights", str(folder), "--prompt-ids", "1,2", "--layer", "2",
                  "--out", str(out)]) == 2
     assert "--layer 2 is out of range: the model has 2 layers (0..1)" in capsys.readouterr().err

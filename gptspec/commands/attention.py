@@ -65,6 +65,17 @@ def check_index(value: int | None, count: int, option: str, what: str) -> None:
         raise ValueError(f"{option} {value} is out of range: the model has {count} {what} (0..{count - 1})")
 
 
+def labels_tokenizer(args):
+    """For --prompt-ids without --vocab: the tokenizer of the --weights folder if it has one, else None
+    (the axes then show ids)."""
+    if not args.weights:
+        return None
+    try:
+        return ref_numpy.Tokenizer.from_dir(args.weights)
+    except FileNotFoundError:
+        return None
+
+
 def token_labels(ids: list[int], tokenizer) -> list[str]:
     """Axis labels: each token's text with spaces as '·' (GPT-2 tokens usually start with one), or its id."""
     if tokenizer is None:
@@ -119,7 +130,7 @@ def run(args) -> int:
     if (args.prompt is None) == (args.prompt_ids is None):
         raise ValueError("give a prompt with either --prompt TEXT or --prompt-ids IDS")
     out = check_out_path(args.out)
-    tokenizer = load_tokenizer(args) if args.prompt is not None or args.vocab else None
+    tokenizer = load_tokenizer(args) if args.prompt is not None or args.vocab else labels_tokenizer(args)
     ids = tokenizer.encode(args.prompt) if args.prompt is not None else parse_ids(args.prompt_ids)
     if not ids:
         raise ValueError("the prompt encodes to no tokens: give some text")

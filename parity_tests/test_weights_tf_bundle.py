@@ -39,12 +39,14 @@ def test_crc32c_published_check_values():
     assert crc32c.value(bytes(range(32))) == 0x46DD794E
 
 
-def test_crc32c_lanes_equal_the_bytewise_crc_at_every_size_boundary():
-    """Inputs of 64 KiB and more run as NumPy lanes, chained by the zero-bytes operator; check
-    sizes around that switch and a multi-chunk size with a ragged tail."""
+@pytest.mark.parametrize("max_lanes, chunk", [(1 << 16, 1 << 24), (8, 64)])
+def test_crc32c_lanes_equal_the_bytewise_crc(monkeypatch, max_lanes, chunk):
+    """Inputs of 32 bytes and more run as NumPy lanes joined by the zero-bytes operator: check
+    sizes around every switch (odd sizes, ragged tails, several chunks with small settings)."""
+    monkeypatch.setattr(crc32c, "_MAX_LANES", max_lanes)
+    monkeypatch.setattr(crc32c, "_CHUNK", chunk)
     rng = np.random.default_rng(0)
-    lane_threshold = 4096 * 16
-    for size in (0, 1, lane_threshold - 1, lane_threshold, lane_threshold + 1, 3 * lane_threshold + 4099):
+    for size in (0, 1, 31, 32, 33, 34, 63, 64, 65, 1000, 4099, 65536 + 17):
         data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
         assert crc32c.value(data) == crc_bytewise(data), size
         assert crc32c.value(np.frombuffer(data, np.uint8)) == crc_bytewise(data), size

@@ -18,7 +18,8 @@ from mindspore import Parameter, Tensor, nn, ops
 from ref_numpy import GPTConfig, check_params, prepare_inputs
 
 from .amp import precision_for, to
-from .layers import BLOCK_CELLS, LayerNorm, causal_mask, padding_mask
+from . import layers
+from .layers import BLOCK_CELLS, LayerNorm
 
 MODES = ("pynative", "graph")
 
@@ -31,6 +32,15 @@ def default_position_ids(attention_mask, n_past, batch, n_new):
     positions = ops.cumsum(attention_mask, -1) - 1
     positions = ops.where(attention_mask == 0, 0, positions)
     return positions[:, -n_new:]
+
+
+def attention_mask_4d(n_query, n_key, attention_mask=None):
+    """Causal mask [1, 1, T, S], combined with the padding mask into [B, 1, T, S] if given
+    (as ref_numpy.attention_mask_4d; the layers' functions are looked up at call time)."""
+    mask = layers.causal_mask(n_query, n_key)[None, None]
+    if attention_mask is not None:
+        mask = mask & layers.padding_mask(attention_mask)
+    return mask
 
 
 def as_numpy(tensor):
@@ -106,10 +116,7 @@ class GPTModel(nn.Cell):
         n_past = 0 if past is None else past[0][0].shape[2]
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, n_past, B, T)
-        mask = causal_mask(T, n_past + T)[None, None]
-        if attention_mask is not None:
-            mask = mask & padding_mask(attention_mask)
-        logits, present, _ = self.run(ids, position_ids, mask, past)
+        logits, present, _ = self.run(ids, position_ids, attention_mask_4d(T, n_past + T, attention_mask), past)
         return logits, present
 
     def static_step(self, ids, position_ids, key_mask, write_pos, cache, last_only=False):
@@ -118,7 +125,7 @@ class GPTModel(nn.Cell):
         ids[:, 0]; cache one (k, v) [B, H, n_ctx, D] per layer.  -> (logits, updated cache)."""
         T = ids.shape[1]
         n_slots = cache[0][0].shape[2]
-        mask = causal_mask(T, write_pos + T, n_slots)[None, None] & padding_mask(key_mask)
+        mask = layers.causal_mask(T, write_pos + T, n_slots)[None, None] & layers.padding_mask(key_mask)
         slots = ops.arange(n_slots)[:, None] == write_pos + ops.arange(T)[None, :]  # one-hot [n_ctx, T]
         cache_write = (slots.astype(ms.float32), write_pos + T)
         logits, present, _ = self.run(ids, position_ids, mask, cache, cache_write, last_only)
@@ -141,16 +148,11 @@ class GPTModel(nn.Cell):
                                 position_ids=position_ids)
         if self.mode == "graph" and trace is None:
             return self._forward_static(inputs, past)
-        tensor = (lambda a: None if a is None else Tensor(a))
-        past_tensors = None if past is None else tuple(
-            (Tensor(np.asarray(k, np.float32)).astype(self.elementwise_dtype),
-             Tensor(np.asarray(v, np.float32)).astype(self.elementwise_dtype)) for k, v in past)
-        ids_t, mask_t = Tensor(inputs.ids), tensor(inputs.attention_mask)
-        B, T = inputs.ids.shape
-        mask = causal_mask(T, inputs.n_past + T)[None, None]
-        if mask_t is not None:
-            mask = mask & padding_mask(mask_t)
-        logits, present, intermediates = self.run(ids_t, Tensor(inputs.position_ids), mask, past_tensors)
+        past_tensors = None if past is None else tuple((self._activation(k), self._activation(v)) for k, v in past)
+        padding = None if inputs.attention_mask is None else Tensor(inputs.attention_mask)
+        T = inputs.ids.shape[1]
+        mask = attention_mask_4d(T, inputs.n_past + T, padding)
+        logits, present, intermediates = self.run(Tensor(inputs.ids), Tensor(inputs.position_ids), mask, past_tensors)
         if trace is not None:
             self._fill_trace(trace, intermediates, logits)
         return as_numpy(logits), [(as_numpy(k), as_numpy(v)) for k, v in present]
@@ -166,19 +168,22 @@ class GPTModel(nn.Cell):
         B, T = inputs.ids.shape
         n_past, n_ctx = inputs.n_past, self.config.n_ctx
         cache = self.empty_cache(B)
-        if past is not None:
+        if past is not None:  # the spec's cache in the first n_past slots
             filled = []
             for k, v in past:
                 k_full, v_full = np.zeros((2, *cache[0][0].shape), np.float32)
                 k_full[:, :, :n_past], v_full[:, :, :n_past] = k, v
-                filled.append((Tensor(k_full).astype(self.elementwise_dtype),
-                               Tensor(v_full).astype(self.elementwise_dtype)))
+                filled.append((self._activation(k_full), self._activation(v_full)))
             cache = tuple(filled)
         key_mask = np.zeros((B, n_ctx), np.int64)
         key_mask[:, :n_past + T] = 1 if inputs.attention_mask is None else inputs.attention_mask
         logits, cache = self.step_numpy(inputs.ids, inputs.position_ids, key_mask, n_past, cache)
         return as_numpy(logits), [(as_numpy(k)[:, :, :n_past + T], as_numpy(v)[:, :, :n_past + T])
                                   for k, v in cache]
+
+    def _activation(self, array):
+        """A NumPy cache array as a Tensor in the activation dtype."""
+        return Tensor(np.asarray(array, np.float32)).astype(self.elementwise_dtype)
 
     def _fill_trace(self, trace, intermediates, logits):
         trace["embed"] = as_numpy(intermediates[0])

@@ -254,3 +254,13 @@ def test_fetch_command(server, tmp_path, capsys):
     del server.files["/hf/distilgpt2/config.json"]
     assert main(["fetch", "gpt2", "--format", "hf", "--base-url", server.base_url, "--quiet"]) == 2
     assert "answered HTTP 404" in capsys.readouterr().err
+
+
+def test_a_present_file_that_fails_its_check_is_reported(server, tmp_path, monkeypatch):
+    source = hf_model(tmp_path)
+    server.add_folder("hf", "distilgpt2", source)
+    run_fetch(server)
+    merges = tmp_path / "home" / "hf" / "distilgpt2" / "merges.txt"
+    merges.write_text("#version: 0.3\n")  # same size, other bytes
+    with pytest.raises(OSError, match=f"{merges} is already there but fails its check: checksum mismatch .*delete it"):
+        run_fetch(server)

@@ -128,8 +128,8 @@ def download(url: str, dest: Path, *, size: int | None = None, timeout: float = 
             except (http.client.HTTPException, OSError) as error:
                 if progress is not None:
                     progress.write("\n")
-                raise Interrupted(f"download of {url} interrupted after {received} bytes ({error}); the partial "
-                              f"file {part} is kept: run the same command again to resume") from None
+                raise Interrupted(f"download of {url} interrupted after {received} bytes ({error}); the "
+                                  f"partial file {part} is kept: run the same command again to resume") from None
         if total is not None and received < total:
             raise Interrupted(f"download of {url} interrupted after {received} of {total} bytes (the server "
                               f"closed the connection); the partial file {part} is kept: run the same command "
@@ -174,9 +174,13 @@ def fetch_file(file: str, url: str, folder: Path, key: str, lock: Lock, *, retri
     published = KNOWN_FILES.get(key.rsplit("/", 1)[0], {}).get(file, {})
     expected = published if published.get("sha256") else {**published, **lock.get(key)}
     origin = ("published value, weights/known_files.json" if published.get("sha256") else
-              f"recorded at first download in {lock.path}" if lock.get(key) else "size from known_files.json")
+              f"recorded at first download in {lock.path}" if lock.get(key) else "published size, known_files.json")
     if dest.is_file():
-        check_file(dest, url, expected, origin)
+        try:
+            check_file(dest, url, expected, origin)
+        except OSError as error:
+            raise OSError(f"{dest} is already there but fails its check: {error}; delete it to download it "
+                          f"again") from None
         print(f"{file}: already present", file=log)
         return
     for attempt in range(retries + 1):
@@ -187,6 +191,7 @@ def fetch_file(file: str, url: str, folder: Path, key: str, lock: Lock, *, retri
             if attempt == retries:
                 raise
             print(f"{file}: {error}; retrying ({attempt + 1}/{retries})", file=log)
+            time.sleep(0.5 * 2 ** attempt)  # give a flaky connection a moment
     try:
         digest = check_file(part, url, expected, origin)
     except OSError as error:

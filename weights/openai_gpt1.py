@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import CheckpointError, build_params, make_config, read_json
+from .common import CheckpointError, build_params, make_config, read_json, require_file
 
 SHAPES_FILE = "params_shapes.json"
 N_SHARDS = 10  # train.py: range(10)
@@ -50,12 +50,9 @@ def shard_path(folder: Path, n: int) -> Path:
 
 
 def read_shapes(folder: Path) -> list[tuple[int, ...]]:
-    path = folder / SHAPES_FILE
-    text = path.read_text(encoding="utf-8") if path.is_file() else None
-    if text is None:
-        raise FileNotFoundError(f"missing file {path} (OpenAI GPT-1 array shapes)")
+    path = require_file(folder / SHAPES_FILE, "OpenAI GPT-1 array shapes")
     try:
-        shapes = json.loads(text)
+        shapes = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(shapes, list) or not all(

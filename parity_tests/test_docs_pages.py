@@ -42,12 +42,38 @@ def test_examples_print_what_the_page_shows(page):
     assert runner.tries == len(test.examples) > 0
 
 
+def anchors(page) -> set[str]:
+    """The #fragments a git host gives the page's headings: lowercase, punctuation dropped, spaces -> '-'."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(encoding="utf-8"), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def broken_links(page) -> list[str]:
+    """Relative links and images of `page` whose file, or whose heading (#fragment), is missing."""
+    text = PYCON_BLOCK.sub("", page.read_text(encoding="utf-8"))
+    broken = []
+    for target, fragment in LINK.findall(text):
+        if "://" in target:
+            continue
+        path = page.parent / target
+        if not path.exists():
+            broken.append(target)
+        elif fragment and path.suffix == ".md" and fragment[1:] not in anchors(path):
+            broken.append(target + fragment)
+    return broken
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
-def test_relative_links_and_images_exist(page):
-    text = page.read_text(encoding="utf-8")
-    targets = [target for target, _ in LINK.findall(text) if "://" not in target]
-    missing = [target for target in targets if not (page.parent / target).exists()]
-    assert missing == []
+def test_relative_links_images_and_anchors_exist(page):
+    assert broken_links(page) == []
+
+
+def test_broken_links_are_found(tmp_path):
+    (tmp_path / "other.md").write_text("# A `code` heading: with punctuation!\n")
+    page = tmp_path / "page.md"
+    page.write_text("[ok](other.md#a-code-heading-with-punctuation) [gone](missing.md) "
+                    "![img](img/none.png) [bad anchor](other.md#nope) [web](https://example.org/x.md)\n")
+    assert broken_links(page) == ["missing.md", "img/none.png", "other.md#nope"]
 
 
 def test_the_index_links_every_page():

@@ -32,7 +32,8 @@ def varint(value: int) -> bytes:
 
 
 def field_varint(number: int, value: int) -> bytes:
-    return varint(number << 3) + varint(value)
+    """A varint field; zero is left out, as proto3 serializers (and so TensorFlow) do."""
+    return varint(number << 3) + varint(value) if value else b""
 
 
 def field_bytes(number: int, value: bytes) -> bytes:
@@ -69,8 +70,27 @@ def build_block(entries, restart_interval: int = 16) -> bytes:
     return bytes(out) + struct.pack(f"<{len(restarts)}I", *restarts) + struct.pack("<I", len(restarts))
 
 
+def shortest_separator(start: bytes, limit: bytes) -> bytes:
+    """LevelDB's BytewiseComparator::FindShortestSeparator: a short key in [start, limit)."""
+    common = 0
+    while common < min(len(start), len(limit)) and start[common] == limit[common]:
+        common += 1
+    if common < min(len(start), len(limit)) and start[common] < 0xFF and start[common] + 1 < limit[common]:
+        return start[:common] + bytes([start[common] + 1])
+    return start
+
+
+def short_successor(key: bytes) -> bytes:
+    """LevelDB's BytewiseComparator::FindShortSuccessor: a short key >= key ("model/wte" -> "n")."""
+    for i, byte in enumerate(key):
+        if byte != 0xFF:
+            return key[:i] + bytes([byte + 1])
+    return key
+
+
 def write_table(path: Path, entries, entries_per_block: int = 7) -> None:
-    """A table of sorted (key, value) pairs, split into several data blocks."""
+    """A table of sorted (key, value) pairs, `entries_per_block` per data block (TensorFlow cuts
+    blocks at 256 KB, so a real checkpoint index is one block; small blocks exercise the index)."""
     body = bytearray()
 
     def add_block(block: bytes) -> bytes:
@@ -80,8 +100,10 @@ def write_table(path: Path, entries, entries_per_block: int = 7) -> None:
 
     index = []
     for start in range(0, len(entries), entries_per_block):
-        chunk = entries[start:start + entries_per_block]
-        index.append((chunk[-1][0], add_block(build_block(chunk))))
+        chunk, following = entries[start:start + entries_per_block], entries[start + entries_per_block:]
+        last = chunk[-1][0]
+        separator = shortest_separator(last, following[0][0]) if following else short_successor(last)
+        index.append((separator, add_block(build_block(chunk))))
     metaindex = add_block(build_block([]))
     index_handle = add_block(build_block(index, restart_interval=1))
     footer = (metaindex + index_handle).ljust(40, b"\x00")
@@ -89,23 +111,31 @@ def write_table(path: Path, entries, entries_per_block: int = 7) -> None:
     Path(path).write_bytes(bytes(body) + footer)
 
 
-def write_tensor_bundle(prefix: Path, tensors: dict, n_shards: int = 1, dtype_codes: dict | None = None) -> None:
+def index_records(entries, n_shards: int) -> list[tuple[bytes, bytes]]:
+    """The index table's records: the header, then (name, BundleEntryProto) in name order.
+    entries: (name, dtype code, shape, shard, offset, size, masked crc) tuples."""
+    records = [(b"", header_proto(n_shards))]
+    for name, *fields in sorted(entries):
+        records.append((name.encode(), entry_proto(*fields)))
+    return records
+
+
+def write_tensor_bundle(prefix: Path, tensors: dict, n_shards: int = 1, dtype_codes: dict | None = None,
+                        entries_per_block: int = 7) -> None:
     """A TensorFlow checkpoint `prefix`.index + `prefix`.data-*: tensors dealt round-robin to shards.
     dtype_codes: {name: DataType code} to declare another dtype than the array's (bad-input tests)."""
     dtype_codes = dtype_codes or {}
     prefix = Path(prefix)
     shards = [bytearray() for _ in range(n_shards)]
-    records = [(b"", header_proto(n_shards))]
+    entries = []
     for i, name in enumerate(sorted(tensors)):
         array = np.asarray(tensors[name])  # (not ascontiguousarray: it turns a scalar into shape (1,))
         raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
         shard = shards[i % n_shards]
         code = dtype_codes.get(name, DT_CODES[array.dtype.newbyteorder("<")])
-        records.append((name.encode(), entry_proto(code, array.shape,
-                                                   i % n_shards, len(shard), len(raw),
-                                                   crc32c.mask(crc32c.value(raw)))))
+        entries.append((name, code, array.shape, i % n_shards, len(shard), len(raw), crc32c.mask(crc32c.value(raw))))
         shard.extend(raw)
-    write_table(prefix.with_name(prefix.name + ".index"), records)
+    write_table(prefix.with_name(prefix.name + ".index"), index_records(entries, n_shards), entries_per_block)
     for k, data in enumerate(shards):
         prefix.with_name(f"{prefix.name}.data-{k:05d}-of-{n_shards:05d}").write_bytes(bytes(data))
 

@@ -136,3 +136,34 @@ def test_real_openai_gpt2_checkpoint():
     assert config == R.GPTConfig.from_name("gpt2")
     logits, _ = R.forward(config, params, [[464, 2068, 7586, 21831]])  # "The quick brown fox"
     assert logits.shape == (1, 4, 50257) and np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name, index_size, data_size", [
+    ("gpt2", 5215, 497759232), ("gpt2-medium", 10399, 1419292672),  # OpenAI's files (weights/known_files.json)
+])
+def test_our_format_model_reproduces_the_size_of_openais_real_files(tmp_path, name, index_size, data_size):
+    """Lay out the index of the real 124M/355M checkpoints as TensorFlow does (one block, restart
+    every 16 keys, proto3 leaving zero fields out, "n" as the last separator): its size is exactly
+    the published size of OpenAI's model.ckpt.index, and the tensors fill exactly the published
+    size of the data file -- evidence that the format is understood down to the byte."""
+    import json
+    from pathlib import Path
+
+    from weights import fetch
+
+    config = R.GPTConfig.from_name(name)
+    shapes = {W.tf_variable_name(ours): (1, *shape) if ours.startswith("blocks.") and ours.endswith(".w") else shape
+              for ours, shape in R.expected_shapes(config).items()}
+    placed, offset = [], 0
+    for variable in sorted(shapes):  # TensorFlow writes the tensors in name order
+        size = 4 * int(np.prod(shapes[variable]))  # float32
+        placed.append((variable, 1, shapes[variable], 0, offset, size, 0xFFFFFFFF))  # (CRC: fixed32, any value)
+        offset += size
+    W.write_table(tmp_path / "model.ckpt.index", W.index_records(placed, 1), entries_per_block=10_000)
+    published = json.loads((Path(fetch.__file__).with_name("known_files.json")).read_text())["files"][f"openai/{name}"]
+    assert published["model.ckpt.index"]["size"] == index_size and published["model.ckpt.data-00000-of-00001"][
+        "size"] == data_size
+    assert (tmp_path / "model.ckpt.index").stat().st_size == index_size
+    assert offset == data_size
+    bundle = TensorBundle(tmp_path / "model.ckpt")
+    assert {n: e.shape for n, e in bundle.entries.items()} == shapes

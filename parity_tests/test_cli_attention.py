@@ -135,3 +135,20 @@ def test_a_checkpoint_folder_with_its_own_tokenizer(tmp_path, capsys):
     assert main(["attention", "--weights", str(folder), "--prompt-ids", "1,2", "--layer", "2",
                  "--out", str(out)]) == 2
     assert "--layer 2 is out of range: the model has 2 layers (0..1)" in capsys.readouterr().err
+
+
+def test_a_gpt1_checkpoint_with_the_gpt1_tokenizer(tmp_path, capsys):
+    """GPT-1 (post-LN) checkpoints work the same; its tokens end words with '</w>', shown decoded."""
+    pytest.importorskip("safetensors", reason="saving a checkpoint needs the weights extra (safetensors)")
+    import weights
+
+    vocab = require_reference("openai-gpt")
+    config = R.GPTConfig(arch="gpt1", n_vocab=40478, n_ctx=32, n_embd=16, n_head=2, n_layer=1)
+    folder = weights.save(R.init_params(config, seed=5), config, tmp_path / "gpt1", format="safetensors")
+    out = tmp_path / "gpt1.png"
+    assert main(["attention", "--weights", str(folder), "--vocab", str(vocab), "--prompt", "Hello world",
+                 "--out", str(out)]) == 0
+    assert "2 head(s) of layer 0, 2 tokens" in capsys.readouterr().out
+    assert png_size(out) == (800, 440)  # 100 dpi x (2 x 3.5 + 1.0 colour bar, 3.5 + 0.9 title)
+    tokenizer = R.Tokenizer.from_dir(vocab)
+    assert attention.token_labels(tokenizer.encode("Hello world"), tokenizer) == ["hello\u00b7", "world\u00b7"]

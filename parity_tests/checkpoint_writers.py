@@ -88,14 +88,45 @@ def short_successor(key: bytes) -> bytes:
     return key
 
 
-def write_table(path: Path, entries, entries_per_block: int = 7) -> None:
+def snappy_compress(data: bytes) -> bytes:
+    """A small Snappy compressor: greedy matches of >= 4 bytes found through a hash of the last
+    position of every 4-byte string; literals otherwise (format: weights/snappy.py)."""
+    out, last_seen, pos, literal_start = bytearray(varint(len(data))), {}, 0, 0
+
+    def literal(chunk: bytes):
+        n = len(chunk) - 1
+        out.extend(bytes([n << 2]) if n < 60 else bytes([61 << 2]) + n.to_bytes(2, "little"))
+        out.extend(chunk)
+
+    while pos + 4 <= len(data):
+        candidate = last_seen.get(data[pos:pos + 4])
+        last_seen[data[pos:pos + 4]] = pos
+        if candidate is None or pos - candidate > 0xFFFF:
+            pos += 1
+            continue
+        length = 4
+        while pos + length < len(data) and length < 64 and data[candidate + length] == data[pos + length]:
+            length += 1
+        for start in range(literal_start, pos, 60000):
+            literal(data[start:min(pos, start + 60000)])
+        out.extend(bytes([(length - 1) << 2 | 2]) + (pos - candidate).to_bytes(2, "little"))  # copy, 2-byte offset
+        pos += length
+        literal_start = pos
+    for start in range(literal_start, len(data), 60000):
+        literal(data[start:start + 60000])
+    return bytes(out)
+
+
+def write_table(path: Path, entries, entries_per_block: int = 7, snappy: bool = False) -> None:
     """A table of sorted (key, value) pairs, `entries_per_block` per data block (TensorFlow cuts
-    blocks at 256 KB, so a real checkpoint index is one block; small blocks exercise the index)."""
+    blocks at 256 KB, so a real checkpoint index is one block; small blocks exercise the index).
+    snappy: store every block Snappy-compressed (type 1), as TensorFlow's default options may."""
     body = bytearray()
 
     def add_block(block: bytes) -> bytes:
-        handle = varint(len(body)) + varint(len(block))
-        body.extend(block + b"\x00" + struct.pack("<I", crc32c.mask(crc32c.value(block + b"\x00"))))
+        stored, kind = (snappy_compress(block), b"\x01") if snappy else (block, b"\x00")
+        handle = varint(len(body)) + varint(len(stored))
+        body.extend(stored + kind + struct.pack("<I", crc32c.mask(crc32c.value(stored + kind))))
         return handle
 
     index = []

@@ -167,3 +167,41 @@ def test_our_format_model_reproduces_the_size_of_openais_real_files(tmp_path, na
     assert offset == data_size
     bundle = TensorBundle(tmp_path / "model.ckpt")
     assert {n: e.shape for n, e in bundle.entries.items()} == shapes
+
+
+@given(st.lists(st.sampled_from([b"model/h", b"attn/c_", b"\x00\x01", b"x", b"abcdefgh" * 9]), max_size=80),
+       st.binary(max_size=40))
+def test_snappy_round_trip(pieces, noise):
+    """Repetitive data (long matches, overlapping copies) and noise (literals) decompress exactly."""
+    from weights import snappy
+
+    data = b"".join(pieces) + noise + b"".join(reversed(pieces))
+    compressed = W.snappy_compress(data)
+    assert snappy.decompress(compressed, "test") == data
+    if len(data) > 200 and len(set(pieces)) < 3:
+        assert len(compressed) < len(data)  # the writer really emitted copies
+
+
+def test_snappy_compressed_index_loads(tmp_path):
+    config = R.GPTConfig(arch="gpt2", n_vocab=16, n_ctx=8, n_embd=8, n_head=2, n_layer=2)
+    params = R.init_params(config, 6, random_biases=True)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    W.write_openai_gpt2(tmp_path / "plain", config, params)
+    (folder / "hparams.json").write_bytes((tmp_path / "plain" / "hparams.json").read_bytes())
+    W.write_tensor_bundle(folder / "model.ckpt", W.gpt2_tf_tensors(params))
+    index = folder / "model.ckpt.index"
+    entries = read_table(index)
+    W.write_table(index, entries, snappy=True)
+    assert index.stat().st_size < (tmp_path / "plain" / "model.ckpt.index").stat().st_size
+    _, loaded = weights.load(folder)
+    np.testing.assert_array_equal(loaded["blocks"][1]["attn"]["c_attn"]["w"], params["blocks"][1]["attn"]["c_attn"]["w"])
+
+
+def test_corrupt_snappy_block_is_reported():
+    from weights import snappy
+
+    with pytest.raises(weights.CheckpointError, match="block 7: corrupt Snappy data"):
+        snappy.decompress(W.varint(10) + bytes([2 << 2 | 2]) + (5).to_bytes(2, "little"), "block 7")
+    with pytest.raises(weights.CheckpointError, match="header says 10"):
+        snappy.decompress(W.varint(10) + bytes([0]) + b"a", "block 7")

@@ -8,7 +8,7 @@ format.cc).  A table file is
 
     footer  = metaindex handle, index handle (each: varint64 offset, varint64 size),
               zero padding to 40 bytes, then the 8-byte magic 0xdb4775248b80fb57 (little endian)
-    trailer = 1 byte compression type (0 = none) + masked CRC-32C of (block + type byte)
+    trailer = 1 byte compression type (0 none, 1 Snappy) + masked CRC-32C of (block as stored + type)
     block   = entries, then restart offsets (uint32 each), then their count (uint32)
     entry   = varint32 shared, varint32 non_shared, varint32 value_length,
               key[shared:] (non_shared bytes), value (value_length bytes)
@@ -22,14 +22,13 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from . import crc32c
+from . import crc32c, snappy
 from .common import CheckpointError
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # 2 handles of at most 10 + 10 bytes, padded to 40, + 8 magic bytes
 TRAILER_SIZE = 5
-NO_COMPRESSION = 0
-COMPRESSION_NAMES = {1: "snappy", 2: "zlib"}
+NO_COMPRESSION, SNAPPY = 0, 1
 
 
 def read_varint(data: bytes, pos: int, where: str) -> tuple[int, int]:
@@ -69,10 +68,11 @@ def read_block(table: bytes, handle: tuple[int, int], where: str) -> bytes:
     if crc32c.unmask(stored) != actual:
         raise CheckpointError(f"{where}: CRC mismatch in the block at offset {offset}: stored "
                               f"{crc32c.unmask(stored):#010x}, computed {actual:#010x} (the file is corrupt)")
+    if kind == SNAPPY:
+        return snappy.decompress(contents, f"{where}, block at offset {offset}")
     if kind != NO_COMPRESSION:
-        name = COMPRESSION_NAMES.get(kind, f"unknown type {kind}")
-        raise CheckpointError(f"{where}: block at offset {offset} is {name}-compressed; only "
-                              f"uncompressed tables (what TensorFlow writes for checkpoints) are supported")
+        raise CheckpointError(f"{where}: block at offset {offset} has compression type {kind}; TensorFlow "
+                              f"tables use only 0 (none) and 1 (Snappy)")
     return contents
 
 

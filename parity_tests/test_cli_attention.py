@@ -47,6 +47,14 @@ def test_every_head_in_a_grid(tmp_path):
     assert png_size(out) == (1500, 1140)  # 100 dpi x (4 x 3.5 + 1.0 colour bar, 3 x 3.5 + 0.9 title)
 
 
+def test_long_prompts_keep_the_figure_drawable_and_the_labels_readable():
+    assert attention.figure_size(12, 1024) == (4 * 12.0 + 1.0, 3 * 12.0 + 0.9)  # panels stop growing at 12 in
+    assert attention.labelled_positions(5) == [0, 1, 2, 3, 4]
+    assert attention.labelled_positions(64) == list(range(64))
+    assert attention.labelled_positions(65) == list(range(0, 65, 2))
+    assert attention.labelled_positions(1024) == list(range(0, 1024, 16))
+
+
 def test_weights_are_the_spec_trace_and_masked_cells_are_marked():
     config = R.GPTConfig(n_vocab=50, n_ctx=16, n_embd=16, n_head=2, n_layer=2)
     params = R.init_params(config, seed=4)

@@ -20,6 +20,8 @@ from gptspec.common import add_model_args, load_model, parse_ids
 
 DPI = 100
 MAX_COLUMNS = 4
+MAX_PANEL = 12.0  # inches: a 1024-token prompt still gives a figure matplotlib can draw
+MAX_LABELS = 64  # tick labels per axis; longer prompts label every k-th token
 MASKED_COLOR = "#c8c8c8"
 TITLE_BAND = 0.9  # inches above the panels for the two-line title
 COLORBAR_BAND = 1.0  # inches right of the panels for the colour bar
@@ -94,10 +96,15 @@ def attention_weights(config, params, ids, layer: int) -> np.ndarray:
 def figure_size(n_panels: int, n_tokens: int) -> tuple[float, float]:
     """(width, height) in inches: square panels that grow with the prompt, MAX_COLUMNS per row,
     plus the bands for the title and the colour bar."""
-    panel = max(3.5, 0.3 * n_tokens + 1.5)
+    panel = min(max(3.5, 0.3 * n_tokens + 1.5), MAX_PANEL)
     columns = min(n_panels, MAX_COLUMNS)
     rows = math.ceil(n_panels / columns)
     return columns * panel + COLORBAR_BAND, rows * panel + TITLE_BAND
+
+
+def labelled_positions(n_tokens: int) -> list[int]:
+    """Every token's position, or every k-th when there are more than MAX_LABELS (they would overlap)."""
+    return list(range(0, n_tokens, math.ceil(n_tokens / MAX_LABELS)))
 
 
 def plot_heads(pyplot, weights: np.ndarray, heads: list[int], labels: list[str], title: str):
@@ -114,8 +121,9 @@ def plot_heads(pyplot, weights: np.ndarray, heads: list[int], labels: list[str],
     for ax, head in zip(axes.flat, heads):
         image = ax.imshow(np.ma.masked_where(~allowed, weights[head]), cmap=cmap, vmin=0.0, vmax=1.0)
         ax.set_title(f"head {head}", fontsize=9)
-        ax.set_xticks(range(n_tokens), labels, rotation=90, fontsize=7)
-        ax.set_yticks(range(n_tokens), labels, fontsize=7)
+        ticks = labelled_positions(n_tokens)
+        ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90, fontsize=7)
+        ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=7)
     figure.suptitle(title, fontsize=9)
     panels_right = 1 - COLORBAR_BAND / width
     # tight_layout only arranges the panels inside the rect; the canvas stays figsize x DPI pixels.

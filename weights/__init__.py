@@ -43,10 +43,11 @@ def detect(folder) -> str:
     for name, (markers, _) in FORMATS.items():
         if any((folder / marker).is_file() for marker in markers):
             return name
-    present = sorted(p.name for p in folder.iterdir())[:12]
+    present = sorted(p.name for p in folder.iterdir())
+    listing = ", ".join(present[:12]) + (f", ... ({len(present)} entries)" if len(present) > 12 else "")
     looked_for = "; ".join(description for _, description in FORMATS.values())
     raise CheckpointError(f"{folder} is not a checkpoint in any known format. Looked for: {looked_for}. "
-                          f"The folder holds: {', '.join(present) or 'nothing'}")
+                          f"The folder holds: {listing or 'nothing'}")
 
 
 def load(path_or_name, *, check_finite: bool = False, verify_crc: bool = True):

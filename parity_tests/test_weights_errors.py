@@ -194,6 +194,7 @@ def test_hf_pytorch_pickle_is_refused_with_the_reason(hf_dir):
     ({"model_type": "llama"}, "model_type 'llama' is not supported"),
     ({"activation_function": "relu"}, "activation_function='relu'"),
     ({"n_inner": 7}, "n_inner=7"),
+    ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True changes the attention"),
     ({"n_head": 3}, "n_embd (8) must be divisible by n_head (3)"),
 ])
 def test_hf_bad_config(hf_dir, change, fragment):

@@ -35,6 +35,9 @@ BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
 TIED_HEAD = "lm_head.weight"  # the output layer, tied to the token embedding
 # Activation settings that mean the tanh GELU the spec uses.
 TANH_GELU = {"gpt2": ("activation_function", ("gelu_new", "gelu_pytorch_tanh")), "gpt1": ("afn", ("gelu",))}
+# GPT2Config switches that change the computation away from GPT-2's: the value the spec computes.
+# (reorder_and_upcast_attn only changes rounding, not the function, so it is accepted.)
+GPT2_ATTENTION = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False}
 
 
 def read_config(folder: Path) -> ref_numpy.GPTConfig:
@@ -48,6 +51,10 @@ def read_config(folder: Path) -> ref_numpy.GPTConfig:
     key, allowed = TANH_GELU[arch]
     if values.get(key, allowed[0]) not in allowed:
         raise CheckpointError(f"{path}: {key}={values[key]!r}, but GPT-{arch[-1]} uses the tanh GELU ({allowed[0]!r})")
+    for switch, spec_value in GPT2_ATTENTION.items():
+        if values.get(switch, spec_value) != spec_value:
+            raise CheckpointError(f"{path}: {switch}={values[switch]!r} changes the attention; the spec is "
+                                  f"GPT-2's ({switch}={spec_value})")
     n_embd = config_value(values, "n_embd", path)
     if values.get("n_inner") not in (None, 4 * n_embd):
         raise CheckpointError(f"{path}: n_inner={values['n_inner']}, the spec's MLP is 4 * n_embd = {4 * n_embd}")

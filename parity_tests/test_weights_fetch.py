@@ -30,12 +30,19 @@ class FileServer:
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.drop_once: set[str] = set()
+        self.redirects: dict[str, str] = {}  # path -> path it answers 302 Found with (as the HF hub does)
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 server.requests.append((self.path, self.headers.get("Range")))
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.base_url + server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = server.files.get(self.path)
                 if body is None:
                     self.send_error(404, "Not Found")
@@ -171,6 +178,22 @@ def test_interrupted_download_resumes_with_a_range_request(server, tmp_path, mon
     run_fetch(server, retries=0)  # the second run resumes
     assert (folder / "model.safetensors").read_bytes() == body and not part.exists()
     assert (path, f"bytes={len(body) // 2}-") in server.requests
+
+
+def test_resume_follows_a_redirect_with_the_range_header(server, tmp_path):
+    """The Hugging Face hub answers resolve/main/... with a redirect to its CDN: the Range
+    header must survive the redirect."""
+    source = hf_model(tmp_path, n_vocab=4000)
+    server.add_folder("hf", "distilgpt2", source)
+    body = server.files.pop("/hf/distilgpt2/model.safetensors")
+    server.files["/cdn/blob"] = body
+    server.redirects["/hf/distilgpt2/model.safetensors"] = "/cdn/blob"
+    server.drop_once.add("/cdn/blob")
+    with pytest.raises(OSError, match="interrupted"):
+        run_fetch(server, retries=0)
+    run_fetch(server, retries=0)
+    assert (tmp_path / "home" / "hf" / "distilgpt2" / "model.safetensors").read_bytes() == body
+    assert ("/cdn/blob", f"bytes={len(body) // 2}-") in server.requests
 
 
 def test_retries_resume_within_one_run(server, tmp_path, monkeypatch):

@@ -89,8 +89,13 @@ def weight_files(folder: Path) -> list[Path]:
                             f"weights next to {folder / CONFIG}")
 
 
+def short_name(name: str) -> str:
+    """The name without the "transformer." prefix some checkpoints use."""
+    return name[len(PREFIX):] if name.startswith(PREFIX) else name
+
+
 def read_tensors(paths: list[Path]) -> dict[str, tuple[np.ndarray, Path]]:
-    """{name in the file: (array, file)} for every tensor of every file."""
+    """{name in the file: (array, file)} for every tensor of every file but the mask buffers."""
     from safetensors import SafetensorError, safe_open  # optional dependency: only for this format
 
     tensors = {}
@@ -98,6 +103,8 @@ def read_tensors(paths: list[Path]) -> dict[str, tuple[np.ndarray, Path]]:
         try:
             with safe_open(str(path), framework="np") as handle:
                 for name in handle.keys():
+                    if BUFFER.match(short_name(name)):
+                        continue  # a constant, never read
                     dtype = handle.get_slice(name).get_dtype()
                     if dtype in ("BF16", "F8_E4M3", "F8_E5M2"):
                         raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}, which NumPy cannot "
@@ -119,9 +126,7 @@ def load(folder: Path, *, check_finite: bool = False):
     ours_by_theirs = {theirs: ours for ours, theirs in names.items()}
     flat, origin, head = {}, {}, None
     for name, (array, path) in tensors.items():
-        short = name[len(PREFIX):] if name.startswith(PREFIX) else name
-        if BUFFER.match(short):
-            continue
+        short = short_name(name)
         if short == TIED_HEAD:
             head = (array, path)
         elif short in ours_by_theirs:

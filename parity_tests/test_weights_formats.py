@@ -13,6 +13,7 @@ import pytest
 import ref_numpy as R
 import weights
 from weights import openai_gpt1
+from weights.hf_names import hf_name
 
 from . import checkpoint_writers as W
 from .conftest import require_reference
@@ -170,3 +171,27 @@ def test_gpt_model_checkpoint_and_weights_save_are_interchangeable(tmp_path):
     not_loaded = mindspore.load_param_into_net(fresh, mindspore.load_checkpoint(str(tmp_path / "saved" / "model.ckpt")))
     assert not any(not_loaded)  # (param_not_load, ckpt_not_load) both empty
     assert_identical(params, R.unflatten_params({p.name: p.asnumpy() for p in fresh.get_parameters()}))
+
+
+@pytest.mark.parametrize("arch", CONFIGS)
+def test_folder_written_by_transformers_save_pretrained_loads(tmp_path, arch):
+    """The real writer: transformers' own save_pretrained output (its names, its config.json)."""
+    torch = pytest.importorskip("torch", reason="oracle extra (torch) not installed")
+    transformers = pytest.importorskip("transformers", reason="oracle extra (transformers) not installed")
+    config = CONFIGS[arch]
+    common = dict(vocab_size=config.n_vocab, n_positions=config.n_ctx, n_embd=config.n_embd,
+                  n_layer=config.n_layer, n_head=config.n_head)
+    if arch == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**common))
+    else:
+        model = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**common))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_()
+    model.save_pretrained(str(tmp_path), safe_serialization=True)
+    loaded_config, loaded = weights.load(tmp_path)
+    assert loaded_config == config
+    state = model.state_dict()
+    for name, array in R.flatten_params(loaded).items():
+        np.testing.assert_array_equal(array, state[hf_name(name, arch)].numpy(), err_msg=name)

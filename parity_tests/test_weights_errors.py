@@ -133,6 +133,11 @@ def test_gpt1_truncated_shard(gpt1_dir):
     expect(CheckpointError, gpt1_dir, "shards hold", "(-4)", "params_shapes.json")
 
 
+def test_gpt1_shard_of_another_dtype(gpt1_dir):
+    np.save(gpt1_dir / "params_4.npy", np.load(gpt1_dir / "params_4.npy").astype(np.float64))
+    expect(CheckpointError, gpt1_dir, "params_4.npy: dtype float64, but params_0.npy has float32")
+
+
 def test_gpt1_pickled_shard_is_not_loaded(gpt1_dir):
     np.save(gpt1_dir / "params_3.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     expect(CheckpointError, gpt1_dir, "params_3.npy", "not a readable .npy")

@@ -94,6 +94,8 @@ def read_flat(paths: list[Path]) -> np.ndarray:
             raise CheckpointError(f"{path}: not a readable .npy array ({error})") from None
         if piece.ndim != 1:
             raise CheckpointError(f"{path}: shard must be a flat 1-D array, got shape {piece.shape}")
+        if pieces and piece.dtype != pieces[0].dtype:  # concatenate would silently convert
+            raise CheckpointError(f"{path}: dtype {piece.dtype}, but {paths[0].name} has {pieces[0].dtype}")
         pieces.append(piece)
     return np.concatenate(pieces, 0)
 

@@ -25,8 +25,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as error:
-        # Bad input or a missing file: one clear line, not a traceback (GPTSPEC_DEBUG=1 for one).
+    except (ValueError, OSError, ImportError) as error:
+        # Bad input, a missing file or a missing optional extra: one clear line, not a traceback
+        # (GPTSPEC_DEBUG=1 for one).
         if os.environ.get("GPTSPEC_DEBUG"):
             raise
         print(f"gptspec {args.command}: error: {error}", file=sys.stderr)

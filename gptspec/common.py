@@ -1,4 +1,4 @@
-"""Helpers shared by the subcommands: choosing a model, parsing id lists."""
+"""Helpers shared by the subcommands: choosing a model and a tokenizer, parsing id lists."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +36,18 @@ def load_model(args, dtype=None) -> tuple[ref_numpy.GPTConfig, dict]:
 
     config, params = weights.load(args.weights or args.model)
     return config, ref_numpy.cast_params(params, dtype)
+
+
+def load_tokenizer(args) -> ref_numpy.Tokenizer:
+    """The tokenizer for --prompt: --vocab DIR, else the --weights folder if it holds tokenizer files."""
+    if args.vocab:
+        return ref_numpy.Tokenizer.from_dir(args.vocab)
+    if not args.weights:
+        raise ValueError("--prompt needs a tokenizer: pass --vocab DIR (or --weights DIR holding tokenizer files)")
+    try:
+        return ref_numpy.Tokenizer.from_dir(args.weights)
+    except FileNotFoundError as error:
+        raise ValueError(f"--prompt needs a tokenizer: pass --vocab DIR ({error})") from None
 
 
 def parse_ids(text: str) -> list[int]:

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import ref_numpy
-from gptspec.commands.generate import load_tokenizer
-from gptspec.common import add_model_args, load_model, parse_ids
+from gptspec.common import add_model_args, load_model, load_tokenizer, parse_ids
 
 DPI = 100
 MAX_COLUMNS = 4

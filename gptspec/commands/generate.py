@@ -10,7 +10,7 @@ from typing import Iterator, TextIO
 import numpy as np
 
 import ref_numpy
-from gptspec.common import add_model_args, load_model, parse_ids
+from gptspec.common import add_model_args, load_model, load_tokenizer, parse_ids
 
 PROGRESS_THRESHOLD = 64  # runs this long get a progress bar by default
 
@@ -34,18 +34,6 @@ def register(subparsers):
                         help=f"progress bar on stderr; default: on for --max-new-tokens >= {PROGRESS_THRESHOLD} "
                              f"when stdout is not a terminal (on a terminal the streamed tokens show progress)")
     parser.set_defaults(func=run)
-
-
-def load_tokenizer(args) -> ref_numpy.Tokenizer:
-    """The tokenizer for --prompt: --vocab DIR, else the --weights folder if it holds tokenizer files."""
-    if args.vocab:
-        return ref_numpy.Tokenizer.from_dir(args.vocab)
-    if not args.weights:
-        raise ValueError("--prompt needs a tokenizer: pass --vocab DIR (or --weights DIR holding tokenizer files)")
-    try:
-        return ref_numpy.Tokenizer.from_dir(args.weights)
-    except FileNotFoundError as error:
-        raise ValueError(f"--prompt needs a tokenizer: pass --vocab DIR ({error})") from None
 
 
 def run(args) -> int:

@@ -94,3 +94,10 @@ def test_bfloat16_where_the_device_has_no_kernel_is_a_clear_error(capsys, checkp
         pytest.skip(f"bfloat16 matmuls are supported on {ms_backend.device_target()}")
     assert main(["parity", "--weights", checkpoint, "--amp", "O2", "--dtype", "bfloat16"]) == 2
     assert "cannot compute matmuls in bfloat16 on device CPU" in capsys.readouterr().err
+
+
+def test_without_the_mindspore_extra_it_says_how_to_install_it(capsys, checkpoint, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ms_backend", None)  # `import ms_backend` now fails
+    assert main(["parity", "--weights", checkpoint]) == 2
+    err = capsys.readouterr().err
+    assert "needs the MindSpore backend" in err and "pip install -e '.[mindspore]'" in err

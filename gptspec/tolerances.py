@@ -138,3 +138,11 @@ def near_tie_gap(bound: Bound, logits) -> float:
     """Two backends may pick different argmax tokens only when the top two logits are closer than
     this: each logit may move by `allowed`, so a gap above 2 x allowed cannot flip."""
     return 2 * bound.allowed(logits)
+
+
+def op_bound(dtype, n_roundings: int) -> Bound:
+    """A short computation of `n_roundings` rounded operations (a softmax of a few logits, one
+    LayerNorm, a textbook re-derivation of one attention row) against the same formula computed
+    another way: each side may round n_roundings times, errors of up to u each, times SAFETY."""
+    u = unit_roundoff(dtype)
+    return Bound(SAFETY * n_roundings * u, f"{SAFETY:g} x {n_roundings} roundings x u={u:.2g}")

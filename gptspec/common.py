@@ -39,13 +39,19 @@ def load_model(args, dtype=None) -> tuple[ref_numpy.GPTConfig, dict]:
 
 
 def load_tokenizer(args) -> ref_numpy.Tokenizer:
-    """The tokenizer for --prompt: --vocab DIR, else the --weights folder if it holds tokenizer files."""
+    """The tokenizer for --prompt: --vocab DIR, else the checkpoint's folder (--weights DIR, or the
+    fetched --model NAME) if it holds tokenizer files."""
     if args.vocab:
         return ref_numpy.Tokenizer.from_dir(args.vocab)
-    if not args.weights:
+    folder = args.weights
+    if folder is None and args.model and not args.random_init:
+        import weights
+
+        folder = weights.cache.resolve(args.model)  # says how to fetch it when it is not there
+    if folder is None:
         raise ValueError("--prompt needs a tokenizer: pass --vocab DIR (or --weights DIR holding tokenizer files)")
     try:
-        return ref_numpy.Tokenizer.from_dir(args.weights)
+        return ref_numpy.Tokenizer.from_dir(folder)
     except FileNotFoundError as error:
         raise ValueError(f"--prompt needs a tokenizer: pass --vocab DIR ({error})") from None
 

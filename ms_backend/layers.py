@@ -8,9 +8,9 @@ time, so a test can monkeypatch e.g. `ms_backend.layers.gelu` to build a broken 
 
 The attention Cell supports two KV caches:
     dynamic  past (k, v) [B, H, S_past, D] is concatenated with the new keys (PyNative)
-    static   past (k, v) [B, H, n_ctx, D] is preallocated and the new keys are written into
-             slots given by a one-hot [n_ctx, T] (`cache_write`): shapes never change, so
-             a graph compiles once (graph mode generation)
+    static   past (k, v) [B, H, L, D] (L <= n_ctx slots) is preallocated and the new keys are
+             written into slots given by a one-hot [L, T] (`cache_write`): shapes never
+             change, so a graph compiles once (graph mode generation)
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Two ways to run it:
     model(ids, attention_mask, past)   the spec's forward on Tensors, dynamic KV cache;
                                        runs in the context's mode (PyNative by default)
-    model.static_step(...)             one step on a preallocated cache [B, H, n_ctx, D] with
+    model.static_step(...)             one step on a preallocated cache [B, H, L, D] with
                                        a write position; `compiled_step` wraps it in
                                        mindspore.jit, so it compiles once per input shape
 `forward_numpy` takes and returns NumPy like ref_numpy.forward and uses the static step
@@ -41,6 +41,18 @@ def attention_mask_4d(n_query, n_key, attention_mask=None):
     if attention_mask is not None:
         mask = mask & layers.padding_mask(attention_mask)
     return mask
+
+
+def cache_slots(n_tokens, n_ctx):
+    """Static cache length for n_tokens positions: the next power of two (>= 16), at most
+    n_ctx.  Attending over fewer empty slots makes each decode step cheaper; rounding up keeps
+    the number of distinct shapes, hence of compiled graphs, small."""
+    return min(n_ctx, max(16, 1 << (n_tokens - 1).bit_length()))
+
+
+def pad_slots(x, n_slots):
+    """[B, H, S, D] -> [B, H, n_slots, D], zeros after the S filled slots."""
+    return ops.pad(x, (0, 0, 0, n_slots - x.shape[2]))
 
 
 def as_numpy(tensor):
@@ -119,26 +131,27 @@ class GPTModel(nn.Cell):
         logits, present, _ = self.run(ids, position_ids, attention_mask_4d(T, n_past + T, attention_mask), past)
         return logits, present
 
-    def static_step(self, ids, position_ids, key_mask, write_pos, cache, last_only=False):
-        """One step on a static cache.  ids, position_ids [B, T]; key_mask [B, n_ctx] 0/1 (1 =
-        a real token is, or will now be, in that slot); write_pos: int Tensor, the slot of
-        ids[:, 0]; cache one (k, v) [B, H, n_ctx, D] per layer.  -> (logits, updated cache)."""
+    def static_step(self, ids, position_ids, key_mask, write_pos, cache=None, last_only=False):
+        """One step on a static cache of L slots (L <= n_ctx, fixed for a whole generation).
+
+        ids, position_ids [B, T]; key_mask [B, L] 0/1 (1 = a real token is, or will now be, in
+        that slot; its width sets L); write_pos: int Tensor, the slot of ids[:, 0]; cache one
+        (k, v) [B, H, L, D] per layer, or None for the first step (the prompt: attend over its
+        T keys only, then pad the cache to L slots -- cheaper than attending over L empty
+        slots).  -> (logits, cache)."""
         T = ids.shape[1]
-        n_slots = cache[0][0].shape[2]
+        n_slots = key_mask.shape[1]
+        if cache is None:
+            logits, present, _ = self.run(ids, position_ids, attention_mask_4d(T, T, key_mask[:, :T]), None, None,
+                                          last_only)
+            return logits, tuple((pad_slots(k, n_slots), pad_slots(v, n_slots)) for k, v in present)
         mask = layers.causal_mask(T, write_pos + T, n_slots)[None, None] & layers.padding_mask(key_mask)
-        slots = ops.arange(n_slots)[:, None] == write_pos + ops.arange(T)[None, :]  # one-hot [n_ctx, T]
+        slots = ops.arange(n_slots)[:, None] == write_pos + ops.arange(T)[None, :]  # one-hot [L, T]
         cache_write = (slots.astype(ms.float32), write_pos + T)
         logits, present, _ = self.run(ids, position_ids, mask, cache, cache_write, last_only)
         return logits, present
 
     # -- NumPy in, NumPy out ----------------------------------------------------------------
-
-    def empty_cache(self, batch):
-        """A zero static cache: one (k, v) [B, H, n_ctx, D] per layer, in the activation dtype."""
-        c = self.config
-        shape = (batch, c.n_head, c.n_ctx, c.head_dim)
-        return tuple((ops.zeros(shape, self.elementwise_dtype), ops.zeros(shape, self.elementwise_dtype))
-                     for _ in range(c.n_layer))
 
     def forward_numpy(self, ids, *, attention_mask=None, past=None, position_ids=None, trace=None):
         """ref_numpy.forward's arguments and results in NumPy (float32): (logits [B, T, V],
@@ -161,21 +174,24 @@ class GPTModel(nn.Cell):
         """compiled_step with NumPy ids/masks and an int write_pos (see static_step).  The cache
         is marked mutable: a tuple of Tensors would otherwise be a graph constant, and every new
         cache value would compile a new graph."""
+        cache = None if cache is None else ms.mutable(cache)
         return self.compiled_step(Tensor(ids), Tensor(position_ids), Tensor(key_mask), Tensor(write_pos, ms.int64),
-                                  ms.mutable(cache), last_only)
+                                  cache, last_only)
 
     def _forward_static(self, inputs, past):
         B, T = inputs.ids.shape
-        n_past, n_ctx = inputs.n_past, self.config.n_ctx
-        cache = self.empty_cache(B)
+        n_past = inputs.n_past
+        n_slots = cache_slots(n_past + T, self.config.n_ctx)
+        cache = None
         if past is not None:  # the spec's cache in the first n_past slots
-            filled = []
+            shape = (2, B, self.config.n_head, n_slots, self.config.head_dim)
+            cache = []
             for k, v in past:
-                k_full, v_full = np.zeros((2, *cache[0][0].shape), np.float32)
-                k_full[:, :, :n_past], v_full[:, :, :n_past] = k, v
-                filled.append((self._activation(k_full), self._activation(v_full)))
-            cache = tuple(filled)
-        key_mask = np.zeros((B, n_ctx), np.int64)
+                k_and_v = np.zeros(shape, np.float32)
+                k_and_v[0, :, :, :n_past], k_and_v[1, :, :, :n_past] = k, v
+                cache.append((self._activation(k_and_v[0]), self._activation(k_and_v[1])))
+            cache = tuple(cache)
+        key_mask = np.zeros((B, n_slots), np.int64)
         key_mask[:, :n_past + T] = 1 if inputs.attention_mask is None else inputs.attention_mask
         logits, cache = self.step_numpy(inputs.ids, inputs.position_ids, key_mask, n_past, cache)
         return as_numpy(logits), [(as_numpy(k)[:, :, :n_past + T], as_numpy(v)[:, :, :n_past + T])

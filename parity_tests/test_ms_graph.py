@@ -87,3 +87,21 @@ def test_cells_call_the_module_functions_so_a_broken_layer_is_caught(monkeypatch
     got, _ = M.GPTModel(config, params).forward_numpy(PROMPT)
     want, _ = R.forward(config, params, PROMPT)
     assert not compare("broken " + name, got, want, forward_bound(config, "float32")).passed
+
+
+def test_static_cache_shorter_than_n_ctx_gives_the_same_results():
+    """Generation sizes the cache to prompt + new tokens (rounded up): 6 + 4 -> 16 of 40 slots."""
+    from ms_backend.model import cache_slots
+
+    assert [cache_slots(n, 40) for n in (1, 10, 16, 17, 33)] == [16, 16, 16, 32, 40]
+    config = CONFIGS["gpt2"].replace(n_ctx=40)
+    params = model_for(config, 12)
+    graph = M.GPTModel(config, params, mode="graph")
+    want = R.generate(config, params, PROMPT, 4, greedy=True, attention_mask=PADDING)
+    assert np.array_equal(M.generate(config, graph, PROMPT, 4, greedy=True, attention_mask=PADDING), want)
+    _, spec_past = R.forward(config, params, PROMPT, attention_mask=PADDING)
+    mask = np.concatenate([PADDING, np.ones((3, 1), np.int64)], axis=1)
+    got, present = graph.forward_numpy(want[:, 6:7], attention_mask=mask, past=spec_past)
+    assert present[0][0].shape[2] == 7
+    assert_close("cached step", got, R.forward(config, params, want[:, 6:7], attention_mask=mask, past=spec_past)[0],
+                 forward_bound(config, "float32"))

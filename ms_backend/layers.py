@@ -20,6 +20,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
+from ref_numpy.layers import merge_heads, split_heads  # pure reshapes: NumPy and MindSpore alike
+
 from .amp import Precision, to
 
 FLOAT16_MIN = float(np.finfo(np.float16).min)
@@ -68,18 +70,6 @@ def linear(x, w, b):
     """x [..., in] @ w [in, out] + b [out] -> [..., out], as one 2-D matmul."""
     out = ops.matmul(x.reshape(-1, x.shape[-1]), w) + b
     return out.reshape(x.shape[:-1] + (w.shape[-1],))
-
-
-def split_heads(x, n_head):
-    """[B, T, C] -> [B, H, T, D]."""
-    B, T, C = x.shape
-    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
-
-
-def merge_heads(x):
-    """[B, H, T, D] -> [B, T, C]: the inverse of split_heads."""
-    B, H, T, D = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
 def causal_mask(n_query, n_key, n_slots=None):

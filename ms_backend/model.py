@@ -17,8 +17,8 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ref_numpy import GPTConfig, check_params, prepare_inputs
 
-from .amp import precision_for, to
 from . import layers
+from .amp import precision_for, to
 from .layers import BLOCK_CELLS, LayerNorm
 
 MODES = ("pynative", "graph")

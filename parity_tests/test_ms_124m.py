@@ -12,7 +12,7 @@ import ref_numpy as R  # noqa: E402
 from gptspec.compare import assert_close  # noqa: E402
 from gptspec.tolerances import amp_bound, forward_bound, reorder_bound  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.mindspore]
 
 CONFIG = R.GPTConfig.from_name("gpt2")
 IDS = np.random.default_rng(0).integers(0, CONFIG.n_vocab, (1, 24))

@@ -17,6 +17,8 @@ from gptspec.tolerances import amp_bound, near_tie_gap  # noqa: E402
 
 from .strategies import configs, left_padding_mask, model_for, token_batches  # noqa: E402
 
+pytestmark = pytest.mark.mindspore
+
 LEVELS = ("O1", "O2", "O3")
 
 

@@ -18,6 +18,8 @@ from gptspec.tolerances import forward_bound, reorder_bound  # noqa: E402
 
 from .strategies import left_padding_mask, model_for  # noqa: E402
 
+pytestmark = pytest.mark.mindspore
+
 CONFIGS = {arch: R.GPTConfig(arch=arch, n_vocab=48, n_ctx=16, n_embd=24, n_head=3, n_layer=2)
            for arch in ("gpt1", "gpt2")}
 PROMPT = np.random.default_rng(7).integers(0, 48, (3, 6))

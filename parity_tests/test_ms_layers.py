@@ -20,6 +20,8 @@ from gptspec.tolerances import forward_bound, reorder_bound  # noqa: E402
 
 from .strategies import configs, left_padding_mask, model_for, token_batches  # noqa: E402
 
+pytestmark = pytest.mark.mindspore
+
 ONE_LAYER = R.GPTConfig(n_vocab=32, n_ctx=8, n_embd=16, n_head=4, n_layer=1)
 FP32 = forward_bound(ONE_LAYER, "float32")
 

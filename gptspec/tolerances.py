@@ -43,12 +43,16 @@ MATMULS_PER_BLOCK = 6
 
 @dataclass(frozen=True)
 class Bound:
-    """A tolerance and the sentence that justifies it."""
+    """A tolerance and the sentence that justifies it.  `relative` bounds scale with the
+    reference (value * max(1, max|reference|)); an absolute one is the allowed error itself."""
     value: float
     reason: str
+    relative: bool = True
 
     def allowed(self, reference) -> float:
-        """The absolute error allowed against `reference`: value * max(1, max|reference|)."""
+        """The absolute error allowed against `reference`."""
+        if not self.relative:
+            return self.value
         scale = float(np.max(np.abs(reference))) if np.size(reference) else 0.0
         return self.value * max(1.0, scale)
 
@@ -101,6 +105,12 @@ def reorder_bound(config, dtype) -> Bound:
 # the same matmul shapes through similar BLAS kernels.  The float64 comparison, bounded by
 # reorder_bound(float64), is the exact check; this one guards the float32 path users run.
 HF_FLOAT32_RELATIVE = Bound(1e-5, "issue 2 requirement: spec fp32 vs HF fp32, relative to max|logit|")
+
+# MindSpore float32 vs the float64 spec on the 124M config: issue 5 asks for <= 1e-4 *absolute*
+# on the logits, a product requirement tighter than forward_bound(gpt2, float32) (1e-3 relative)
+# for the same reason as above; the derived bound is still asserted next to it.
+MS_FLOAT32_124M_ABSOLUTE = Bound(1e-4, "issue 5 requirement: MindSpore fp32 vs float64 spec logits on 124M, "
+                                       "absolute", relative=False)
 
 
 # Mixed precision (AMP) against the float64 spec

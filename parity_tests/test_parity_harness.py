@@ -136,3 +136,9 @@ def test_probe_params_fit_the_config_and_are_seeded():
     assert all(np.array_equal(v, again[k]) for k, v in R.flatten_params(params).items())
     w = params["blocks"][0]["mlp"]["c_proj"]["w"]  # fan_in 4C = 96: std ~ 1/sqrt(96)
     assert 0.7 / np.sqrt(96) < w.std() < 1.3 / np.sqrt(96)
+
+
+def test_an_absolute_bound_does_not_scale_with_the_reference():
+    reference = np.array([100.0, -3.0])
+    assert tol.Bound(1e-4, "absolute", relative=False).allowed(reference) == 1e-4
+    assert tol.Bound(1e-4, "relative").allowed(reference) == pytest.approx(1e-2)

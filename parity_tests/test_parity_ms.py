@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import ref_numpy as R
@@ -22,16 +22,12 @@ ms = pytest.importorskip("mindspore", reason="mindspore extra not installed")
 ms_backend = pytest.importorskip("ms_backend", reason="mindspore extra not installed")
 pytestmark = pytest.mark.mindspore
 
-# MindSpore PyNative costs tens of ms per op call: fewer examples than the NumPy-only properties.
-MS_EXAMPLES = settings(max_examples=8)
-
 
 def attention_config(n_head, head_dim):
     """The config whose one-block bound covers a single attention of these sizes."""
     return R.GPTConfig(n_vocab=2, n_ctx=2, n_embd=n_head * head_dim, n_head=n_head, n_layer=1)
 
 
-@MS_EXAMPLES
 @given(batch=st.integers(1, 3), n_head=st.integers(1, 4), head_dim=st.integers(1, 16), n_query=st.integers(1, 8),
        n_past=st.integers(0, 8), seed=st.integers(0, 2**31))
 def test_attention_equals_the_spec(batch, n_head, head_dim, n_query, n_past, seed):
@@ -49,7 +45,6 @@ def test_attention_equals_the_spec(batch, n_head, head_dim, n_query, n_past, see
     assert_close("softmax row sums", row_sums, np.ones_like(row_sums), bound)
 
 
-@MS_EXAMPLES
 @given(batch=st.integers(1, 3), n_head=st.integers(1, 4), head_dim=st.integers(1, 16), length=st.integers(1, 8),
        seed=st.integers(0, 2**31))
 def test_split_and_merge_heads_are_inverses_and_match_the_spec(batch, n_head, head_dim, length, seed):
@@ -59,7 +54,6 @@ def test_split_and_merge_heads_are_inverses_and_match_the_spec(batch, n_head, he
     assert np.array_equal(ms_backend.merge_heads(heads).asnumpy(), x), "merge_heads undoes split_heads"
 
 
-@MS_EXAMPLES
 @given(data=st.data(), config=configs(), seed=st.integers(0, 1000), padded=st.booleans())
 def test_every_layer_matches_the_spec_in_float32(data, config, seed, padded):
     params64 = model_for(config, seed)
@@ -94,7 +88,6 @@ def test_fully_padded_rows_stay_finite_at_every_level(arch, amp_level):
     assert not failed, "\n".join(failed)
 
 
-@settings(max_examples=4)
 @given(config=configs(max_ctx=12), seed=st.integers(0, 1000), amp_level=st.sampled_from(("O1", "O2", "O3")))
 def test_fp16_greedy_diverges_only_at_a_near_tie(config, seed, amp_level):
     """Under fp16 the greedy tokens may differ from the spec's, but only where the spec's own
@@ -109,7 +102,6 @@ def test_fp16_greedy_diverges_only_at_a_near_tie(config, seed, amp_level):
     assert check.passed, check.describe()
 
 
-@settings(max_examples=6)
 @given(config=configs(max_ctx=10), seed=st.integers(0, 1000), sample_seed=st.integers(0, 2**31),
        temperature=st.floats(0.5, 2.0), top_k=st.none() | st.integers(1, 8), top_p=st.none() | st.floats(0.3, 1.0))
 def test_seeded_sampling_differs_only_where_the_distributions_do(config, seed, sample_seed, temperature, top_k,

@@ -43,6 +43,19 @@ def hf_and_spec_models(name, seed):
     return config, params, model
 
 
+def hf_greedy_decode(model, prompt, n):
+    """n greedy tokens from HF's forward with its KV cache, without generate()'s machinery."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(torch.tensor(prompt), use_cache=True)
+        tokens = [int(out.logits[0, -1].argmax())]
+        for _ in range(n - 1):
+            out = model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
+            tokens.append(int(out.logits[0, -1].argmax()))
+    return np.array(tokens)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2", choices=[n for n, p in R.PRESETS.items() if p["arch"] == "gpt2"])
@@ -75,13 +88,7 @@ def main(argv=None):
                                   pad_token_id=0).numpy()
 
     def hf_loop():  # HF's forward with its KV cache, without generate()'s machinery
-        with torch.inference_mode():
-            out = model(torch.tensor(prompt), use_cache=True)
-            tokens = [int(out.logits[0, -1].argmax())]
-            for _ in range(n - 1):
-                out = model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
-                tokens.append(int(out.logits[0, -1].argmax()))
-        return tokens
+        return hf_greedy_decode(model, prompt, n)
 
     same = np.array_equal(spec_decode()[0, 16:], hf_generate()[0, 16:])
     spec = n / best_of(spec_decode, args.repeats)

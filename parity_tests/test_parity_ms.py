@@ -54,8 +54,9 @@ def test_split_and_merge_heads_are_inverses_and_match_the_spec(batch, n_head, he
     assert np.array_equal(ms_backend.merge_heads(heads).asnumpy(), x), "merge_heads undoes split_heads"
 
 
-@given(data=st.data(), config=configs(), seed=st.integers(0, 1000), padded=st.booleans())
-def test_every_layer_matches_the_spec_in_float32(data, config, seed, padded):
+@given(data=st.data(), config=configs(), seed=st.integers(0, 1000), padded=st.booleans(),
+       amp_level=st.sampled_from(AMP_LEVELS))
+def test_every_layer_matches_the_spec_at_every_amp_level(data, config, seed, padded, amp_level):
     params64 = model_for(config, seed)
     ids = data.draw(token_batches(config))
     mask = None
@@ -64,9 +65,10 @@ def test_every_layer_matches_the_spec_in_float32(data, config, seed, padded):
         mask = left_padding_mask(lengths, ids.shape[1])
     reference, actual = {}, {}
     R.forward(config, params64, ids, attention_mask=mask, trace=reference)
-    ms_backend.GPTModel(config, params64).forward_numpy(ids, attention_mask=mask, trace=actual)
-    failed = [row.describe() for row in compare_traces(config, reference, actual) if not row.passed]
-    assert not failed, "\n".join(failed)
+    ms_backend.GPTModel(config, params64, amp_level=amp_level).forward_numpy(ids, attention_mask=mask, trace=actual)
+    failed = [row.describe() for row in compare_traces(config, reference, actual, amp_level=amp_level)
+              if not row.passed]
+    assert not failed, f"at {amp_level}:\n" + "\n".join(failed)
 
 
 @pytest.mark.parametrize("amp_level", AMP_LEVELS)

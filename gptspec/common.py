@@ -56,6 +56,13 @@ def load_tokenizer(args) -> ref_numpy.Tokenizer:
         raise ValueError(f"--prompt needs a tokenizer: pass --vocab DIR ({error})") from None
 
 
+def check_tokenizer_fits(tokenizer: ref_numpy.Tokenizer, config: ref_numpy.GPTConfig) -> None:
+    """A tokenizer whose ids are not the model's vocabulary would feed it the wrong tokens."""
+    if tokenizer.n_vocab != config.n_vocab:
+        raise ValueError(f"the tokenizer {tokenizer.name} has {tokenizer.n_vocab} ids but the model has "
+                         f"n_vocab={config.n_vocab}")
+
+
 def parse_ids(text: str) -> list[int]:
     """'464, 3290 318' -> [464, 3290, 318] (commas and/or spaces)."""
     parts = text.replace(",", " ").split()

@@ -66,6 +66,12 @@ def test_text_prompt_through_the_real_gpt2_tokenizer(capsys, tmp_path):
     assert "tokens=4" in capsys.readouterr().out  # Hello | world | , | again
 
 
+def test_a_tokenizer_of_another_vocabulary_is_refused(capsys, checkpoint):
+    vocab = require_reference("openai-gpt")
+    assert main(["parity", "--weights", checkpoint, "--vocab", str(vocab), "--prompt", "hello"]) == 2
+    assert "has 40478 ids but the model has n_vocab=57" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_the_default_runs_offline_on_a_random_124m_gpt2(capsys):
     assert main(["parity", "--max-new-tokens", "2"]) == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import ref_numpy
-from gptspec.common import add_model_args, load_model, load_tokenizer, parse_ids
+from gptspec.common import add_model_args, check_tokenizer_fits, load_model, load_tokenizer, parse_ids
 
 DPI = 100
 MAX_COLUMNS = 4
@@ -142,9 +142,8 @@ def run(args) -> int:
     if not ids:
         raise ValueError("the prompt encodes to no tokens: give some text")
     config, params = load_model(args)
-    if tokenizer and tokenizer.n_vocab != config.n_vocab:
-        raise ValueError(f"the tokenizer {tokenizer.name} has {tokenizer.n_vocab} ids but the model has "
-                         f"n_vocab={config.n_vocab}")
+    if tokenizer:
+        check_tokenizer_fits(tokenizer, config)
     check_index(args.layer, config.n_layer, "--layer", "layers")
     check_index(args.head, config.n_head, "--head", "heads")
     weights = attention_weights(config, params, ids, args.layer)

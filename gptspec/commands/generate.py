@@ -10,7 +10,7 @@ from typing import Iterator, TextIO
 import numpy as np
 
 import ref_numpy
-from gptspec.common import add_model_args, load_model, load_tokenizer, parse_ids
+from gptspec.common import add_model_args, check_tokenizer_fits, load_model, load_tokenizer, parse_ids
 
 PROGRESS_THRESHOLD = 64  # runs this long get a progress bar by default
 
@@ -42,9 +42,8 @@ def run(args) -> int:
     tokenizer = load_tokenizer(args) if args.prompt is not None else None
     prompt = np.array(tokenizer.encode(args.prompt) if tokenizer else parse_ids(args.prompt_ids), dtype=np.int64)
     config, params = load_model(args)
-    if tokenizer and tokenizer.n_vocab != config.n_vocab:
-        raise ValueError(f"the tokenizer {tokenizer.name} has {tokenizer.n_vocab} ids but the model has "
-                         f"n_vocab={config.n_vocab}")
+    if tokenizer:
+        check_tokenizer_fits(tokenizer, config)
     stream = ref_numpy.decode_stream(
         ref_numpy.numpy_step(config, params), config, prompt, args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,

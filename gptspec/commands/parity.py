@@ -19,7 +19,7 @@ import numpy as np
 
 from ref_numpy import GPTConfig
 
-from gptspec.common import add_model_args, load_model, load_tokenizer, parse_ids
+from gptspec.common import add_model_args, check_tokenizer_fits, load_model, load_tokenizer, parse_ids
 from gptspec.parity import probe_params, run_parity
 from gptspec.tolerances import AMP_LEVELS
 
@@ -59,7 +59,9 @@ def resolve_model_args(args) -> None:
 
 def prompt_ids(args, config) -> np.ndarray:
     if args.prompt is not None:
-        return np.array(load_tokenizer(args).encode(args.prompt), dtype=np.int64)
+        tokenizer = load_tokenizer(args)
+        check_tokenizer_fits(tokenizer, config)
+        return np.array(tokenizer.encode(args.prompt), dtype=np.int64)
     if args.prompt_ids is not None:
         return np.array(parse_ids(args.prompt_ids), dtype=np.int64)
     n = min(DEFAULT_PROMPT_TOKENS, config.n_ctx - max(args.max_new_tokens, 0))

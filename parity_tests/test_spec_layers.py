@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import ref_numpy as R
+from gptspec.compare import assert_close
 from gptspec.tolerances import forward_bound, op_bound, unit_roundoff
 
 DTYPES = [np.float16, np.float32, np.float64]
@@ -91,9 +92,12 @@ def test_attention_matches_the_textbook_formula():
             visible = [j for j in range(5) if j <= i + 1]
             s = np.array([q[0, h, i] @ k[0, h, j] / math.sqrt(3) for j in visible])
             w = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
-            bound = op_bound(np.float64, 4 * 3 + 4 * len(visible)).value  # dot products, exps, sums
-            np.testing.assert_allclose(out[0, h, i], w @ v[0, h, visible], rtol=bound)
-            np.testing.assert_allclose(weights[0, h, i, visible], w, rtol=bound)
+            # Dot products, exps and sums; the bound scales with the reference's magnitude, not each
+            # element's: an output element near zero comes from cancellation, and its relative error
+            # depends on how one BLAS rounds (it differed on AMD EPYC / OpenBLAS).
+            bound = op_bound(np.float64, 4 * 3 + 4 * len(visible))
+            assert_close(f"out[{h}, {i}]", out[0, h, i], w @ v[0, h, visible], bound)
+            assert_close(f"weights[{h}, {i}]", weights[0, h, i, visible], w, bound)
 
 
 @pytest.mark.parametrize("arch", ["gpt1", "gpt2"])

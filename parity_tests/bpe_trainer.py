@@ -5,8 +5,9 @@ real ones:
   gpt2-style  byte symbols, merges over GPT-2 pre-tokens, ids 0-255 bytes then one per merge,
               then <|endoftext|>, so merge order == id order as tiktoken requires
   gpt1-style  characters with '</w>' on the last one, over GPT-1 normalized words, '<unk>' = 0
-Training is the textbook loop: count adjacent pairs over all words (weighted by word count),
-add the most frequent pair as a merge (ties: the smallest pair), rewrite the words, repeat.
+Training is ref_numpy.bpe_train's textbook loop (count adjacent pairs over all words weighted by
+word count, add the most frequent pair as a merge, ties: the smallest pair, rewrite the words,
+repeat); here it runs for a fixed number of merges, and also over GPT-1's character symbols.
 """
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import regex
-
 from ref_numpy.bpe_gpt1 import GPT1Tokenizer, normalize, split_words
-from ref_numpy.bpe_gpt2 import BYTE_SYMBOLS, EOT, PATTERN
+from ref_numpy.bpe_gpt2 import BYTE_SYMBOLS, EOT
+from ref_numpy.bpe_train import learn_merges, pretoken_counts
 
 
 def training_text(max_chars: int = 200_000) -> str:
@@ -26,51 +26,9 @@ def training_text(max_chars: int = 200_000) -> str:
     return "\n".join(topics[name] for name in sorted(topics))[:max_chars]
 
 
-def learn_merges(words: Counter, n_merges: int) -> list[tuple[str, str]]:
-    """Merges learned from {tuple of symbols: count}, most frequent pair first."""
-    words = dict(words)
-    pairs: Counter = Counter()
-    for symbols, count in words.items():
-        for pair in zip(symbols, symbols[1:]):
-            pairs[pair] += count
-    merges = []
-    for _ in range(n_merges):
-        counted = [(-count, pair) for pair, count in pairs.items() if count > 0]
-        if not counted:
-            break
-        best = min(counted)[1]
-        merges.append(best)
-        # Rewrite only the words holding the pair, and update the pair counts by their difference.
-        for symbols in [s for s in words if best[0] in s and best[1] in s]:
-            joined = _join(symbols, best)
-            if joined == symbols:
-                continue
-            count = words.pop(symbols)
-            words[joined] = words.get(joined, 0) + count
-            for pair in zip(symbols, symbols[1:]):
-                pairs[pair] -= count
-            for pair in zip(joined, joined[1:]):
-                pairs[pair] += count
-    return merges
-
-
-def _join(symbols: tuple, pair: tuple) -> tuple:
-    out, i = [], 0
-    while i < len(symbols):
-        if symbols[i:i + 2] == pair:
-            out.append(pair[0] + pair[1])
-            i += 2
-        else:
-            out.append(symbols[i])
-            i += 1
-    return tuple(out)
-
-
 def train_gpt2_style(text: str, n_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """(vocab, merges) of a byte-level BPE trained on `text`."""
-    pretokens = Counter(regex.findall(PATTERN, text))
-    words = Counter({tuple(BYTE_SYMBOLS[b] for b in word.encode("utf-8")): n for word, n in pretokens.items()})
-    merges = learn_merges(words, n_merges)
+    """(vocab, merges) of a byte-level BPE trained on `text` by ref_numpy.bpe_train, `n_merges` merges."""
+    merges = learn_merges(pretoken_counts(text), n_merges)
     vocab = {BYTE_SYMBOLS[b]: b for b in range(256)}
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))

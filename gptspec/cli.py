@@ -6,8 +6,43 @@ import importlib
 import os
 import pkgutil
 import sys
+import traceback
 
 from . import commands
+
+# Exit statuses shared by the subcommands (gptspec parity documents them in its --help).
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_BACKEND_RAISED = 0, 1, 2, 3
+
+
+class BackendRaised(Exception):
+    """The computation a subcommand checks raised (a crash: neither a failed check nor bad
+    input).  Raise it `from` the original exception with a prefix such as "the backend raised";
+    `main` prints one line naming that exception and our innermost frame it passed through, and
+    exits EXIT_BACKEND_RAISED."""
+
+    def describe(self) -> str:
+        error = self.__cause__ or self
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        message = lines[0][:300] if lines else "(no message)"
+        prefix = self.args[0] if self.args else "the backend raised"
+        return f"{prefix} {type(error).__name__}: {message}{_where(error)}"
+
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUR_PACKAGES = ("gptspec", "ref_numpy", "ms_backend", "weights", "parity_tests")
+
+
+def _where(error: BaseException) -> str:
+    """' at ms_backend/layers.py:57 (softmax)': the innermost frame in this project's code (a
+    MindSpore error's last frames are the framework's), else the innermost frame."""
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = [f for f in frames
+            if os.path.relpath(os.path.abspath(f.filename), REPOSITORY).split(os.sep)[0] in OUR_PACKAGES]
+    if not (ours or frames):
+        return ""
+    frame = (ours or frames)[-1]
+    path = os.path.relpath(frame.filename, REPOSITORY) if ours else frame.filename
+    return f" at {path}:{frame.lineno} ({frame.name})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,10 +66,20 @@ def main(argv=None) -> int:
         if os.environ.get("GPTSPEC_DEBUG"):
             raise
         print(f"gptspec {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except BackendRaised as crash:
+        if os.environ.get("GPTSPEC_DEBUG"):
+            raise crash.__cause__ or crash
+        print(f"gptspec {args.command}: error: {crash.describe()} (exit status {EXIT_BACKEND_RAISED}; "
+              f"GPTSPEC_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_BACKEND_RAISED
     except BrokenPipeError:
         return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m gptspec.cli`: run the imported module's main, whose BackendRaised is the class
+    # the subcommands raise (this file, run as __main__, is a second copy of the module).
+    from gptspec.cli import main as imported_main
+
+    sys.exit(imported_main())

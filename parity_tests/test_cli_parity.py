@@ -48,6 +48,25 @@ def test_table_at_an_amp_level_in_graph_mode(capsys, checkpoint):
     assert "| blocks.1.mlp " in out and "top-1 agreement" in out and out.rstrip().endswith("PASS")
 
 
+@pytest.mark.parametrize("mode", ("pynative", "graph"))
+@pytest.mark.parametrize("amp", ("O0", "O1", "O2", "O3"))
+def test_every_mode_and_amp_level_the_cli_offers_passes(capsys, checkpoint, mode, amp):
+    """Each --mode x --amp through the CLI: every traced tensor, the model's own output (graph
+    mode: the compiled static step), the second half of the prompt through a KV cache handed over
+    as NumPy arrays, and a greedy continuation (PyNative: the dynamic cache; graph: the static one)."""
+    assert main(["parity", "--weights", checkpoint, "--prompt-ids", "3 1 4 1 5 9 2 6", "--amp", amp,
+                 "--mode", mode, "--max-new-tokens", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    settings = report["settings"]
+    assert (settings["amp_level"], settings["mode"]) == (amp, mode)
+    assert settings["dtype"] == ("float32" if amp == "O0" else "float16")
+    rows = {row["tensor"]: row for row in report["tensors"]}
+    for name in ("logits (model output)", "logits (KV cache)", "blocks.1.attn_weights", "ln_f"):
+        assert rows[name]["passed"] and rows[name]["finite"], rows[name]
+    generation = report["generation"]
+    assert generation["passed"] and len(generation["backend"]) == len(generation["reference"]) == 3
+
+
 def test_a_broken_backend_exits_1_and_names_the_tensor(capsys, checkpoint, monkeypatch):
     from mindspore import ops
 
@@ -55,6 +74,46 @@ def test_a_broken_backend_exits_1_and_names_the_tensor(capsys, checkpoint, monke
     assert main(["parity", "--weights", checkpoint, "--max-new-tokens", "0"]) == 1
     out = capsys.readouterr().out
     assert "| blocks.0.mlp " in out and "FAIL: FAIL blocks.0.mlp" in out
+
+
+def test_help_documents_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["parity", "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 every bound held" in out
+    assert "1 a bound failed" in out and "2 bad input" in out and "3 the backend raised" in out
+
+
+def exploding_gelu(x):
+    raise RuntimeError("kernel exploded\n(a second line that must not be printed)")
+
+
+def test_a_crash_inside_the_backend_exits_3_with_one_line_naming_it(capsys, checkpoint, monkeypatch):
+    monkeypatch.setattr(ms_backend.layers, "gelu", exploding_gelu)
+    assert main(["parity", "--weights", checkpoint, "--max-new-tokens", "0"]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith("gptspec parity: error: the backend raised RuntimeError: kernel exploded at "
+                                   "parity_tests/test_cli_parity.py:")
+    assert "(exploding_gelu)" in captured.err and "exit status 3" in captured.err
+
+
+def test_a_value_error_raised_inside_the_backend_is_a_crash_not_bad_input(capsys, checkpoint, monkeypatch):
+    """MindSpore reports a wrong reshape as a ValueError: still exit 3, since every input was
+    checked before the backend ran."""
+    monkeypatch.setattr(ms_backend.layers, "split_heads", lambda x, n_head: x.reshape(x.shape[0], n_head, -1, 5))
+    assert main(["parity", "--weights", checkpoint, "--max-new-tokens", "0"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("gptspec parity: error: the backend raised ValueError: ") and err.count("\n") == 1, err
+
+
+def test_gptspec_debug_shows_the_crash_itself(checkpoint, monkeypatch):
+    monkeypatch.setattr(ms_backend.layers, "gelu", exploding_gelu)
+    monkeypatch.setenv("GPTSPEC_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="kernel exploded"):
+        main(["parity", "--weights", checkpoint, "--max-new-tokens", "0"])
 
 
 def test_text_prompt_through_the_real_gpt2_tokenizer(capsys, tmp_path):

@@ -9,27 +9,38 @@ compare every layer.
 
 Prints one row per traced tensor (shape, max abs / rel error, the bound it is held to, where the
 worst error is, pass/fail), the logits' top-1 agreement and KL, and a greedy-generation
-comparison.  Exit status 1 when any bound fails, 2 on bad input.
+comparison.
 """
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
 
-from ref_numpy import GPTConfig
+from ref_numpy import GPTConfig, check_params
 
+from gptspec.cli import EXIT_BACKEND_RAISED, EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, BackendRaised
 from gptspec.common import add_model_args, check_tokenizer_fits, load_model, load_tokenizer, parse_ids
 from gptspec.parity import probe_params, run_parity
 from gptspec.tolerances import AMP_LEVELS
+from ref_numpy.validation import as_token_ids, check_length
 
 DEFAULT_MODEL = {"gpt1": "openai-gpt", "gpt2": "gpt2"}
 DEFAULT_PROMPT_TOKENS = 16
 
+EXIT_STATUSES = f"""exit status:
+  {EXIT_OK}  every bound held and the greedy generations agree
+  {EXIT_CHECK_FAILED}  a bound failed (the report names the tensor, the position and the bound)
+  {EXIT_BAD_INPUT}  bad input: an argument, a checkpoint, a prompt, or a missing extra (one line on stderr)
+  {EXIT_BACKEND_RAISED}  the backend raised while running (one line on stderr naming the exception and where;
+     GPTSPEC_DEBUG=1 shows the traceback)"""
+
 
 def register(subparsers):
     parser = subparsers.add_parser("parity", help="compare the MindSpore backend with the NumPy spec, layer by layer",
-                                   description=__doc__.split("\n\n")[0])
+                                   description=__doc__.split("\n\n")[0], epilog=EXIT_STATUSES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser, default_model=None, numpy_dtype=False)
     parser.add_argument("--arch", choices=tuple(DEFAULT_MODEL),
                         help="with no --model/--weights: a random model of this architecture (default gpt2)")
@@ -84,14 +95,29 @@ def run(args) -> int:
     else:
         config, params = load_model(args, dtype="float32")
     ids = prompt_ids(args, config)
+    check_backend_input(args, config, params, ids)
     try:
         report = run_parity(config, params, ids, amp_level=args.amp, dtype=args.dtype, mode=args.mode,
                             max_new_tokens=args.max_new_tokens)
-    except ImportError as error:
-        raise ValueError(f"gptspec parity needs the MindSpore backend ({error}); install the extra: "
-                         f"pip install -e '.[mindspore]'") from None
+    except Exception as error:  # every input was checked above: what is left is the backend's doing
+        raise BackendRaised("the backend raised") from error
     if args.random_init:
         report.notes.append(f"model: seeded random {args.model} sizes (--seed {args.seed}) at probe scale "
                             f"(gptspec.parity.probe_params), not trained weights")
     print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
-    return 0 if report.passed else 1
+    return EXIT_OK if report.passed else EXIT_CHECK_FAILED
+
+
+def check_backend_input(args, config, params, ids) -> None:
+    """Everything run_parity would refuse as bad input (exit 2), checked before the backend runs,
+    so that an exception raised while it runs is the backend's (exit 3): the prompt fits the
+    vocabulary and the context, the params fit the config, the extra is installed, the device has
+    the AMP dtype's kernels."""
+    check_params(config, params)
+    check_length(as_token_ids(ids, config).shape[1], args.max_new_tokens, config)
+    try:
+        import ms_backend
+    except ImportError as error:
+        raise ValueError(f"gptspec parity needs the MindSpore backend ({error}); install the extra: "
+                         f"pip install -e '.[mindspore]'") from None
+    ms_backend.precision_for(args.amp, args.dtype)

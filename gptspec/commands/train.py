@@ -1,0 +1,261 @@
+"""gptspec train: train a GPT language model on text files (or --demo: on Python's own docs, offline).
+
+    gptspec train --data notes/*.txt --config gpt2 --n-layer 4 --n-embd 256 --n-head 4 --n-ctx 256 \\
+        --train-tokenizer 4096 --pack --steps 2000 --out run/
+    gptspec train --resume run/                       # continue, bit for bit, after Ctrl-C or a crash
+    gptspec generate --weights run/ --prompt "..."     # run/ always holds the latest checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Options that define a run, with their defaults. run.json stores them; --resume refuses changes.
+RUN_DEFAULTS = dict(
+    data=None, valid=None, valid_fraction=0.05, split_on_blank_lines=False, loss_on="all", pack=False,
+    seq_len=None, model=None, weights=None, config=None, n_layer=None, n_embd=None, n_head=None, n_ctx=None,
+    vocab=None, train_tokenizer=None, backend=None, amp="O0", lr=3e-4, min_lr=0.0, warmup=0,
+    schedule="cosine", weight_decay=0.1, max_grad_norm=1.0, batch_size=8, grad_accum=1, steps=None,
+    epochs=None, dropout=0.0, seed=0, demo=False)
+# Options a resumed run may change: they decide what is logged and saved, not what is computed.
+FREE_DEFAULTS = dict(eval_every=None, save_every=None)
+PATH_OPTIONS = ("data", "valid", "weights", "vocab")
+
+# --demo: a small GPT-2 with its own BPE on pydoc_data.topics; a few minutes on a 2-core CPU.
+DEMO = dict(demo=True, config="gpt2", n_layer=4, n_embd=128, n_head=4, n_ctx=128, train_tokenizer=2048,
+            pack=True, seq_len=128, batch_size=16, lr=2e-3, min_lr=2e-4, warmup=30, steps=300, weight_decay=0.1,
+            dropout=0.0)
+DEMO_FREE = dict(eval_every=100, save_every=100)
+DEMO_PROMPTS = ("The for statement", "A class definition")
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("train", help="train a GPT language model on text files (--demo: offline demo)",
+                                   description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", nargs="+", metavar="FILE", help="text files (one document each) or .jsonl files "
+                                                                "with \"prompt\" and \"completion\" fields")
+    data.add_argument("--valid", nargs="+", metavar="FILE", help="held-out files for --eval-every")
+    data.add_argument("--valid-fraction", type=float, metavar="F",
+                      help="without --valid, hold out the last F of the training windows (default 0.05; 0: none)")
+    data.add_argument("--split-on-blank-lines", action="store_true", default=None,
+                      help="one document per blank-line-separated paragraph instead of per file")
+    data.add_argument("--loss-on", choices=("all", "completion"),
+                      help="completion: no loss on the prompt tokens of .jsonl rows (default all)")
+    data.add_argument("--pack", action="store_true", default=None,
+                      help="join documents with <|endoftext|> and cut into windows, instead of one padded "
+                           "or truncated document per row")
+    data.add_argument("--seq-len", type=int, metavar="L", help="tokens per row (default min(1024, n_ctx))")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", metavar="NAME", help="published weights (fetched): continue training them")
+    model.add_argument("--weights", metavar="DIR", help="a checkpoint folder: continue training it")
+    model.add_argument("--config", metavar="NAME", help="a new model of this preset's shape (e.g. gpt2), random init")
+    for name in ("n-layer", "n-embd", "n-head", "n-ctx"):
+        model.add_argument(f"--{name}", type=int, metavar="N", help=f"with --config: override {name.replace('-', '_')}")
+    model.add_argument("--vocab", metavar="DIR", help="tokenizer folder (default: the checkpoint's own)")
+    model.add_argument("--train-tokenizer", type=int, metavar="N",
+                       help="with --config: learn a byte-level BPE of N tokens on the training text")
+    backend = parser.add_argument_group("backend")
+    backend.add_argument("--backend", choices=("numpy", "mindspore"),
+                         help="default: mindspore (graph mode) when installed, else numpy")
+    backend.add_argument("--amp", choices=("O0", "O1", "O2", "O3"), help="MindSpore mixed precision (default O0)")
+    optim = parser.add_argument_group("optimization")
+    optim.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
+    optim.add_argument("--min-lr", type=float, help="learning rate at the end of the schedule (default 0)")
+    optim.add_argument("--warmup", type=int, metavar="STEPS", help="linear warmup steps (default 0)")
+    optim.add_argument("--schedule", choices=("cosine", "linear"), help="decay after warmup (default cosine)")
+    optim.add_argument("--weight-decay", type=float, help="AdamW decay on matrices and embeddings (default 0.1)")
+    optim.add_argument("--max-grad-norm", type=float, help="clip the global gradient norm (default 1.0; 0: off)")
+    optim.add_argument("--batch-size", type=int, help="rows per optimizer step, over all ranks (default 8)")
+    optim.add_argument("--grad-accum", type=int, metavar="K", help="split each batch into K micro-batches (default 1)")
+    optim.add_argument("--steps", type=int, help="optimizer steps (default: --epochs 1)")
+    optim.add_argument("--epochs", type=float, help="passes over the training windows, instead of --steps")
+    optim.add_argument("--dropout", type=float, help="dropout rate while training (default 0)")
+    optim.add_argument("--seed", type=int, help="seed of the init, the shuffling and dropout (default 0)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", help="the run's folder (default gptspec-demo for --demo)")
+    out.add_argument("--eval-every", type=int, metavar="N", help="held-out loss every N steps (default: 10 times a run)")
+    out.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N steps (default: at the end only)")
+    out.add_argument("--resume", metavar="DIR", help="continue the run in DIR with its own options")
+    out.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar on stderr (default: when stderr is a terminal)")
+    parser.add_argument("--demo", action="store_true", default=None,
+                        help="train a small GPT-2 with its own BPE on Python's docs (pydoc_data.topics), offline")
+    parser.set_defaults(func=run)
+
+
+def resolve_options(args) -> tuple[dict, dict]:
+    """(run options, free options): defaults, --demo's settings, or the resumed run's own."""
+    given = {k: getattr(args, k) for k in RUN_DEFAULTS if getattr(args, k) is not None}
+    for name in PATH_OPTIONS:
+        if name in given:
+            given[name] = ([str(Path(p).resolve()) for p in given[name]] if isinstance(given[name], list)
+                           else str(Path(given[name]).resolve()))
+    free_given = {k: getattr(args, k) for k in FREE_DEFAULTS if getattr(args, k) is not None}
+    if args.resume:
+        from gptspec.training.checkpoint import RunFolder
+
+        stored = RunFolder(args.resume).identity()
+        opts, free = stored["options"], {**stored["free"], **free_given}
+        changed = [f"--{k.replace('_', '-')} {v!r} (the run has {opts.get(k)!r})" for k, v in given.items()
+                   if opts.get(k) != v and not (k == "demo" and v)]
+        if changed:
+            raise ValueError(f"--resume {args.resume} continues the run with its own options; these differ: "
+                             f"{'; '.join(changed)}")
+        return opts, free
+    base = {**RUN_DEFAULTS, **(DEMO if args.demo else {})}
+    opts = {**base, **given}
+    free = {**FREE_DEFAULTS, **(DEMO_FREE if args.demo else {}), **free_given}
+    if not opts["demo"] and not opts["data"]:
+        raise ValueError("--data FILE ... is required (or --demo for the offline demo on Python's docs)")
+    return opts, free
+
+
+def check_numbers(opts: dict, free: dict) -> None:
+    """Every number option in range, each with a one-line error naming it."""
+    def positive(name, value, allow_none=True):
+        if value is None and allow_none:
+            return
+        if value is None or value <= 0:
+            raise ValueError(f"--{name} must be a positive number, got {value}")
+
+    for name in ("batch_size", "grad_accum", "steps", "epochs", "seq_len", "train_tokenizer", "lr"):
+        positive(name.replace("_", "-"), opts[name])
+    for name, value in free.items():
+        positive(name.replace("_", "-"), value)
+    if opts["steps"] is not None and opts["epochs"] is not None:
+        raise ValueError("give --steps or --epochs, not both")
+    if opts["batch_size"] % opts["grad_accum"]:
+        raise ValueError(f"--batch-size {opts['batch_size']} must be a multiple of --grad-accum {opts['grad_accum']}")
+    for name in ("min_lr", "weight_decay", "warmup", "max_grad_norm"):
+        if opts[name] < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {opts[name]}")
+    if not 0 <= opts["dropout"] < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {opts['dropout']}")
+    if not 0 <= opts["valid_fraction"] < 1:
+        raise ValueError(f"--valid-fraction must be in [0, 1), got {opts['valid_fraction']}")
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size). The loop shards batches by rank and only rank 0 writes; the data-parallel
+    backend under msrun is not wired yet, so a multi-process launch is refused rather than having
+    every process train alone and write the same folder."""
+    world = int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")) or 1)
+    if world > 1:
+        raise ValueError(f"gptspec train under msrun ({world} workers) is not supported yet: run one process")
+    return 0, 1
+
+
+def run(args) -> int:
+    from gptspec.training import setup
+    from gptspec.training.backends import Hyper
+    from gptspec.training.checkpoint import PLOT_FILE, RunFolder
+    from gptspec.training.data import BatchOrder
+    from gptspec.training.loop import Interrupted, LoopOptions, plot_losses, run_loop
+
+    say = print
+    rank, world_size = distributed_rank()
+    opts, free = resolve_options(args)
+    out = args.resume or args.out or ("gptspec-demo" if opts["demo"] else None)
+    if out is None:
+        raise ValueError("--out DIR is required: the run's folder (checkpoints, log.jsonl, loss.png)")
+    if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise ValueError("--resume DIR continues in DIR itself; leave out --out")
+    check_numbers(opts, free)
+    folder = RunFolder(out)
+    start_state = None
+    if args.resume:
+        checkpoint, start_state, note = folder.latest()
+        if note:
+            say(note)
+        resumed = dict(opts, model=None, config=None, weights=str(checkpoint), vocab=str(checkpoint),
+                       train_tokenizer=None, n_layer=None, n_embd=None, n_head=None, n_ctx=None)
+    train_docs, valid_docs = setup.load_documents(opts)
+    config, params, tokenizer = setup.build_model(resumed if args.resume else opts, train_docs, say)
+    if opts["seq_len"] is None:
+        opts["seq_len"] = min(1024, config.n_ctx)
+    if opts["seq_len"] > config.n_ctx:
+        raise ValueError(f"--seq-len {opts['seq_len']} is longer than the model's context n_ctx={config.n_ctx}")
+    train, valid, notes = setup.build_windows(opts, config, tokenizer, train_docs, valid_docs)
+    for note in notes:
+        say(note)
+    if opts["backend"] is None:
+        opts["backend"] = setup.default_backend()
+    if opts["steps"] is None:
+        opts["steps"] = max(1, math.ceil((opts["epochs"] or 1) * len(train) / opts["batch_size"]))
+    identity = {"options": opts, "free": free, "config": config.to_dict(),
+                "data_sha256": setup.data_fingerprint(train, valid)}
+    if args.resume:
+        stored = folder.identity()
+        if stored["config"] != identity["config"]:
+            raise ValueError(f"--resume {out}: the checkpoint's config {config} is not the run's {stored['config']}")
+        if stored["data_sha256"] != identity["data_sha256"]:
+            raise ValueError(f"--resume {out}: the data files changed since the run began (their token windows "
+                             f"differ); a resumed run must see the same data")
+    elif rank == 0:
+        folder.start(identity, overwrite=bool(args.overwrite))
+    hyper = Hyper(lr=opts["lr"], total_steps=opts["steps"], warmup_steps=opts["warmup"], min_lr=opts["min_lr"],
+                  schedule=opts["schedule"], weight_decay=opts["weight_decay"],
+                  max_grad_norm=opts["max_grad_norm"] or None, dropout=opts["dropout"], seed=opts["seed"])
+    backend = setup.make_backend(opts, config, params, hyper)
+    if start_state is not None:
+        backend.read_files(checkpoint)
+        order = BatchOrder.from_state(start_state["data"])
+        say(f"resuming {out} at step {start_state['step']} of {opts['steps']}")
+    else:
+        order = BatchOrder(len(train), opts["seed"])
+    say(f"training {config.arch} ({config.n_layer} layers, n_embd {config.n_embd}, n_vocab {config.n_vocab}) "
+        f"on {len(train)} windows of {opts['seq_len']} tokens, backend {backend.name}, {opts['steps']} steps "
+        f"of {opts['batch_size']} rows")
+
+    def save(step: int) -> None:
+        def write_files(target: Path) -> None:
+            backend.write_files(target)
+            setup.write_tokenizer(tokenizer, target)
+        folder.save(step, write_files, {"data": order.state(), "backend": backend.name})
+
+    options = LoopOptions(total_steps=opts["steps"], batch_size=opts["batch_size"], grad_accum=opts["grad_accum"],
+                          eval_every=free["eval_every"] or max(1, opts["steps"] // 10), save_every=free["save_every"],
+                          progress=args.progress if args.progress is not None else sys.stderr.isatty(),
+                          rank=rank, world_size=world_size)
+    try:
+        summary = run_loop(backend, train, valid, order, options, folder,
+                           start_step=start_state["step"] if start_state else 0, save=save, say=say)
+    except Interrupted as stop:
+        print(f"gptspec train: {stop}", file=sys.stderr)
+        return 130
+    report(summary, folder, opts, say)
+    if plot_losses(folder.path / "log.jsonl", folder.path / PLOT_FILE) is None:
+        say("loss.png not drawn: matplotlib is not installed (pip install 'gptspec[plot]')")
+    if opts["demo"]:
+        demo_samples(config, backend.params_numpy(), tokenizer, opts["seed"], say)
+    return 0
+
+
+def report(summary: dict, folder, opts: dict, say) -> None:
+    before, after = summary["valid_loss_before"], summary["valid_loss_after"]
+    say(f"trained to step {summary['steps']} in {summary['seconds']:.1f} s; latest checkpoint in {folder.path}")
+    if before is not None and after is not None:
+        say(f"held-out perplexity: {math.exp(before):.2f} before, {math.exp(after):.2f} after "
+            f"(loss {before:.4f} -> {after:.4f} nats/token)")
+    elif after is not None:
+        say(f"held-out perplexity: {math.exp(after):.2f} (loss {after:.4f} nats/token)")
+
+
+def demo_samples(config, params, tokenizer, seed: int, say) -> None:
+    import ref_numpy
+
+    for i, prompt in enumerate(DEMO_PROMPTS):
+        ids = tokenizer.encode_ordinary(prompt)
+        out = ref_numpy.generate(config, params, np.array(ids), 48, top_k=20, temperature=0.8, seed=seed + i,
+                                 eos_id=tokenizer.eot_token)
+        text = tokenizer.decode([t for t in out.tolist() if t != tokenizer.eot_token])
+        say(f"--- sample {i + 1} ---\n{text}")

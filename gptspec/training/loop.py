@@ -1,0 +1,233 @@
+"""The training loop, written once above both backends (backends.py says what a backend supplies).
+
+Each step: take the next --batch-size rows (BatchOrder), keep this rank's share of them (rank
+`r` of `world_size` takes rows r, r + world_size, ...; one process is rank 0 of 1), cut it into
+--grad-accum micro-batches, let the backend make one optimizer update, log a row. Every
+--eval-every steps the held-out loss and perplexity; every --save-every steps and at the end a
+checkpoint (checkpoint.py). Ctrl-C (SIGINT) lets the current step finish, saves, and stops:
+nothing is lost, and `--resume` continues exactly there. Only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .checkpoint import LOG_FILE, RunFolder
+from .data import BatchOrder, TokenWindows
+
+
+@dataclass
+class LoopOptions:
+    total_steps: int
+    batch_size: int                  # rows per optimizer step, over all ranks
+    grad_accum: int = 1
+    eval_every: int | None = None
+    save_every: int | None = None
+    progress: bool = False
+    rank: int = 0                    # the data-parallel seam: under msrun, this process's rank
+    world_size: int = 1
+
+
+class Interrupted(Exception):
+    """Ctrl-C: the run stopped after saving step `step`."""
+
+    def __init__(self, step: int, folder: Path):
+        super().__init__(f"interrupted: saved step {step} in {folder}; continue with --resume {folder}")
+        self.step, self.folder = step, folder
+
+
+def evaluate(backend, windows: TokenWindows, batch_rows: int) -> float:
+    """Mean loss over every target of `windows` (the held-out split), in batches of `batch_rows`."""
+    total, count = 0.0, 0
+    for start in range(0, len(windows), batch_rows):
+        loss_sum, n = backend.eval_loss(*windows.rows(slice(start, start + batch_rows)))
+        total, count = total + loss_sum, count + n
+    return total / count if count else float("nan")
+
+
+class StopOnSigint:
+    """While active, the first Ctrl-C only sets `requested` (the loop saves and stops after the
+    current step); a second one raises KeyboardInterrupt as usual."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.requested, self.say, self.previous = False, say, None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:      # not the main thread: signals cannot be caught here
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.say("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to abort without saving)")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def run_loop(backend, train: TokenWindows, valid: TokenWindows | None, order: BatchOrder, options: LoopOptions,
+             folder: RunFolder, *, start_step: int, save: Callable[[int], None],
+             say: Callable[[str], None] = print) -> dict:
+    """Train from `start_step` to options.total_steps. `save(step)` writes a checkpoint.
+    Returns {"steps", "valid_loss_before", "valid_loss_after", "seconds"}; raises Interrupted on Ctrl-C."""
+    writer = options.rank == 0
+    micro_rows = _micro_batch_rows(options)
+    log = LogFile(folder.path / LOG_FILE, start_step) if writer else None
+    bar = ProgressLine(options.total_steps, start_step, enabled=options.progress and writer)
+    summary = {"steps": start_step, "valid_loss_before": None, "valid_loss_after": None}
+    if valid is not None and len(valid) and start_step == 0:
+        summary["valid_loss_before"] = _eval(backend, valid, micro_rows, start_step, log, bar, say, writer)
+    started = time.perf_counter()
+    step = start_step
+    with StopOnSigint(lambda text: bar.write(text, say)) as sigint:
+        while step < options.total_steps:
+            rows = order.take(options.batch_size)[options.rank::options.world_size]
+            micro_batches = [train.rows(rows[k:k + micro_rows]) for k in range(0, len(rows), micro_rows)]
+            tic = time.perf_counter()
+            result = backend.train_step(step, micro_batches)
+            seconds = time.perf_counter() - tic
+            step += 1
+            n_tokens = sum(int(m.sum()) if m is not None else x.size for x, _, m in micro_batches)
+            row = {"step": step, "loss": result.loss, "lr": result.lr, "loss_scale": result.loss_scale,
+                   "tokens_per_s": n_tokens * options.world_size / seconds if seconds > 0 else None,
+                   "grad_norm": result.grad_norm}
+            if result.skipped:
+                row["skipped"] = True
+            if not math.isfinite(result.loss) and not result.skipped:
+                raise FloatingPointError(f"step {step}: the loss is {result.loss}; lower --lr or use --max-grad-norm")
+            last = step == options.total_steps
+            if valid is not None and len(valid) and options.eval_every and (step % options.eval_every == 0 or last):
+                row["valid_loss"] = evaluate(backend, valid, micro_rows)
+                row["valid_perplexity"] = math.exp(min(row["valid_loss"], 700.0))
+                summary["valid_loss_after"] = row["valid_loss"]
+                bar.write(f"step {step}: held-out loss {row['valid_loss']:.4f}, perplexity "
+                          f"{row['valid_perplexity']:.2f}", say)
+            if log:
+                log.append(row)
+            bar.update(step, row)
+            if writer and (last or sigint.requested or (options.save_every and step % options.save_every == 0)):
+                save(step)
+            if sigint.requested and not last:
+                bar.close()
+                raise Interrupted(step, folder.path)
+    bar.close()
+    summary["steps"] = step
+    summary["seconds"] = time.perf_counter() - started
+    return summary
+
+
+def _micro_batch_rows(options: LoopOptions) -> int:
+    per_rank = options.batch_size // options.world_size
+    return max(1, per_rank // options.grad_accum)
+
+
+def _eval(backend, valid, micro_rows, step, log, bar, say, writer) -> float:
+    loss = evaluate(backend, valid, micro_rows)
+    bar.write(f"step {step}: held-out loss {loss:.4f}, perplexity {math.exp(min(loss, 700.0)):.2f}", say)
+    if log and writer:
+        log.append({"step": step, "valid_loss": loss, "valid_perplexity": math.exp(min(loss, 700.0))})
+    return loss
+
+
+class LogFile:
+    """DIR/log.jsonl, one JSON object per line. Opening it at step s drops rows after s (a resumed
+    run rewrites what the interrupted one logged after its last checkpoint)."""
+
+    def __init__(self, path: Path, start_step: int):
+        self.path = path
+        rows = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if row["step"] <= start_step:
+                        rows.append(line)
+        path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class ProgressLine:
+    """tqdm's bar on stderr when enabled (the `train` extra); otherwise a line every tenth of the run."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool):
+        self.total, self.bar = total, None
+        self.every = max(1, total // 10)
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, initial=initial, file=sys.stderr, unit="step", dynamic_ncols=True)
+        self.enabled = enabled
+
+    def update(self, step: int, row: dict) -> None:
+        postfix = {"loss": f"{row['loss']:.4f}", "lr": f"{row['lr']:.2e}"}
+        if row.get("tokens_per_s"):
+            postfix["tok/s"] = f"{row['tokens_per_s']:.0f}"
+        if row.get("loss_scale") is not None:
+            postfix["scale"] = f"{row['loss_scale']:g}"
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(1)
+        elif self.enabled or step % self.every == 0 or step == self.total:
+            print(f"step {step}/{self.total} " + " ".join(f"{k} {v}" for k, v in postfix.items()),
+                  file=sys.stderr, flush=True)
+
+    def write(self, text: str, say) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            say(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def plot_losses(log_path: Path, out: Path) -> Path | None:
+    """DIR/loss.png: training loss per step and held-out loss; None (said by the caller) without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = read_log(log_path)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    valid = [(r["step"], r["valid_loss"]) for r in rows if "valid_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*np.array(train).T, lw=1, label="training loss (batch)")
+    if valid:
+        ax.plot(*np.array(valid).T, "o-", label="held-out loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

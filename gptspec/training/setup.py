@@ -55,7 +55,9 @@ def build_model(opts: dict, documents: list[Document], say) -> tuple[ref_numpy.G
         config, params = weights.load(opts["model"] or opts["weights"])
         tokenizer = _tokenizer_for(opts, weights.cache.resolve(opts["model"] or opts["weights"]))
     else:
-        if (opts["vocab"] is None) == (opts["train_tokenizer"] is None):
+        if opts["vocab"] and opts["train_tokenizer"]:
+            raise ValueError("--vocab DIR and --train-tokenizer N exclude each other: give one tokenizer")
+        if not opts["vocab"] and not opts["train_tokenizer"]:
             raise ValueError("--config (a new model) needs a tokenizer: either --vocab DIR or --train-tokenizer N")
         if opts["vocab"]:
             tokenizer = ref_numpy.Tokenizer.from_dir(opts["vocab"])

@@ -27,3 +27,16 @@ from .tokenizer import MergeStep, Tokenizer  # noqa: E402  (bpe_gpt1/bpe_gpt2 ho
 # Learning a byte-level BPE tokenizer from text (bpe_train.py), for training from scratch.
 from .bpe_train import save_bpe, train_bpe  # noqa: E402
 __all__ += ["train_bpe", "save_bpe"]
+# Training (issue 11): loss (loss.py), every backward (backward.py), loss_and_grads (train.py).
+from .backward import (attention_backward, dropout_backward, embed_backward, gelu_backward,  # noqa: E402
+                       gpt1_block_backward, gpt2_block_backward, layer_norm_backward, linear_backward,
+                       lm_head_backward, merge_heads_backward, mha_backward, mlp_backward, softmax_backward,
+                       split_heads_backward)
+from .loss import cross_entropy, cross_entropy_backward, log_sum_exp  # noqa: E402
+from .train import loss_and_grads, train_backward, train_forward  # noqa: E402
+from .validation import check_dropout, check_targets  # noqa: E402
+__all__ += ["cross_entropy", "cross_entropy_backward", "log_sum_exp", "check_targets", "check_dropout",
+            "linear_backward", "gelu_backward", "softmax_backward", "layer_norm_backward", "split_heads_backward",
+            "merge_heads_backward", "dropout_backward", "attention_backward", "mha_backward", "mlp_backward",
+            "gpt2_block_backward", "gpt1_block_backward", "embed_backward", "lm_head_backward",
+            "train_forward", "train_backward", "loss_and_grads"]

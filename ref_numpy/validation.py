@@ -117,3 +117,33 @@ def check_sampling_args(*, temperature, top_k, top_p) -> None:
         raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float, np.floating)) and 0 < top_p <= 1):
         raise ValueError(f"top_p must lie in (0, 1] or be None, got {top_p!r}")
+
+
+# Training inputs (issue 11): shared by ref_numpy.loss_and_grads and the MindSpore trainer.
+
+def check_targets(targets, expected_shape, n_vocab: int, ignore_index: int = -100, name: str = "targets") -> np.ndarray:
+    """targets int [B, T] -> int64, checked: the shape of the inputs it goes with, every id in
+    [0, n_vocab) or equal to `ignore_index`, and at least one not ignored (else the mean loss
+    over the non-ignored targets is 0 / 0)."""
+    arr = np.asarray(targets)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must be integer token ids, got dtype {arr.dtype}")
+    if arr.shape != tuple(expected_shape):
+        raise ValueError(f"{name} has shape {arr.shape}, but the inputs have shape {tuple(expected_shape)}: "
+                         f"one target per input position")
+    bad = (arr != ignore_index) & ((arr < 0) | (arr >= n_vocab))
+    if bad.any():
+        raise ValueError(f"{name} contains id {arr[bad].flat[0]}, outside the vocabulary [0, {n_vocab}) "
+                         f"and not ignore_index={ignore_index}")
+    if (arr == ignore_index).all():
+        raise ValueError(f"every entry of {name} equals ignore_index={ignore_index}: the mean loss over "
+                         f"no targets is undefined")
+    return arr.astype(np.int64, copy=False)
+
+
+def check_dropout(dropout, name: str = "dropout") -> float:
+    """A dropout probability p in [0, 1) (p = 1 would drop everything and scale by 1/0)."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating, np.integer)) \
+            or not 0 <= dropout < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {dropout!r}")
+    return float(dropout)

@@ -77,7 +77,9 @@ class NumpyBackend:
         self.params = ref_numpy.cast_params(params, np.dtype(dtype))
         self.optimizer = ref_numpy.adamw_init(self.params)
 
-    def train_step(self, step: int, micro_batches) -> StepResult:
+    def batch_loss_and_grads(self, step: int, micro_batches) -> tuple[float, dict]:
+        """(loss, grads) of the whole batch: the micro-batches' losses and gradients weighted by
+        their shares of the batch's target tokens, i.e. the mean over every target of the batch."""
         total = sum(n_targets(targets) for _, targets, _ in micro_batches)
         if total == 0:
             raise ValueError(f"step {step + 1}: every target of the batch is ignored (padding or prompt)")
@@ -96,11 +98,15 @@ class NumpyBackend:
             else:
                 for name, g in flat.items():
                     summed[name] += g * g.dtype.type(share)
-        grads = ref_numpy.unflatten_params(summed)
+        return loss, ref_numpy.unflatten_params(summed)
+
+    def train_step(self, step: int, micro_batches) -> StepResult:
+        loss, grads = self.batch_loss_and_grads(step, micro_batches)
         if self.hyper.max_grad_norm is not None:
             grads, norm = ref_numpy.clip_grad_norm(grads, self.hyper.max_grad_norm)
         else:
-            norm = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in summed.values())))
+            norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64)))
+                               for g in ref_numpy.flatten_params(grads).values()))
         lr = self.hyper.lr_at(step)
         self.params, self.optimizer = ref_numpy.adamw_step(
             self.params, grads, self.optimizer, lr=lr, betas=self.hyper.betas, eps=self.hyper.eps,

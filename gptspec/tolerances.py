@@ -156,3 +156,67 @@ def op_bound(dtype, n_roundings: int) -> Bound:
     another way: each side may round n_roundings times, errors of up to u each, times SAFETY."""
     u = unit_roundoff(dtype)
     return Bound(SAFETY * n_roundings * u, f"{SAFETY:g} x {n_roundings} roundings x u={u:.2g}")
+
+
+# Gradients (issue 11): the backward pass against an oracle and against finite differences
+# -----------------------------------------------------------------------------------------
+# A gradient is the end of a longer chain than the logits: the forward pass (depth n_layer + 1,
+# 6 matmuls per stage) and then the backward pass back down the same stages, where every forward
+# matmul becomes two (d_input = d_out @ w^T and d_w = x^T @ d_out).  So a gradient carries about
+# 3x the forward's roundings.  The reductions are longer too: d_w sums over the N = B * T token
+# positions, d_hidden = d_logits @ wte over the V vocabulary entries, so sqrt(K) uses the
+# longest of 4C, V and N.  Applied per tensor like every Bound: max(1, max|reference|).
+BACKWARD_CHAIN_FACTOR = 3
+
+
+def backward_bound(config, dtype, n_tokens: int) -> Bound:
+    """Gradients of a `dtype` backward pass vs an independent float64 one (HF + torch autograd),
+    per parameter tensor; `n_tokens` = B * T of the batch."""
+    u = unit_roundoff(dtype)
+    depth = config.n_layer + 1
+    reduction = max(4 * config.n_embd, config.n_vocab, n_tokens)
+    value = SAFETY * BACKWARD_CHAIN_FACTOR * depth * MATMULS_PER_BLOCK * u * math.sqrt(reduction)
+    return Bound(value, f"{SAFETY:g} x {BACKWARD_CHAIN_FACTOR} (forward + 2 backward matmuls per matmul) x "
+                        f"(depth={depth}) x {MATMULS_PER_BLOCK} matmuls x u={u:.2g} x sqrt(K={reduction}: "
+                        f"max(4C, V, tokens))")
+
+
+# Finite differences.  A central difference D(h) = (f(x + h v) - f(x - h v)) / 2h along a
+# direction v (|v| = 1) differs from the directional derivative f'(x) . v by
+#   truncation  h^2 f'''/6 + O(h^4)   and   rounding  <= e |f| / h,
+# e the relative error of one evaluation of f (each of the two evaluations errs by e |f|; their
+# difference is divided by 2h).  The truncation term is measured, not guessed: D(2h) - D(h) =
+# h^2 f''' / 2 + O(h^4) (Richardson), so truncation(h) ~= |D(2h) - D(h)| / 3, taken SAFETY times.
+# h balances the two terms: with e ~ 1e-13 (forward_bound in float64 for the small test models),
+# |f| ~ 4 (a loss near log V) and f''' of order 1, h^3 ~ 3 e |f| / |f'''| gives h ~ 1e-4, where both
+# terms are ~1e-9 -- six orders below a directional derivative of order 1e-3 to 1, so a wrong
+# term in a backward function (of the size of the gradient it belongs to) crosses the bound.
+FINITE_DIFFERENCE_STEP = 1e-4
+
+
+def finite_difference_bound(f_magnitude: float, evaluation_error: float, richardson_gap: float,
+                            h: float = FINITE_DIFFERENCE_STEP) -> Bound:
+    """Allowed |D(h) - grad . v| (absolute): rounding evaluation_error * f_magnitude / h plus the
+    measured truncation SAFETY * |D(2h) - D(h)| / 3 (derivation above).  `f_magnitude` bounds |f|
+    (for f = sum(r * y) use sum|r * y|, which bounds the rounding of the sum too)."""
+    rounding = evaluation_error * max(1.0, f_magnitude) / h
+    truncation = SAFETY * richardson_gap / 3
+    return Bound(rounding + truncation,
+                 f"central difference, h={h:g}: rounding {evaluation_error:.2g} x |f|={f_magnitude:.3g} / h "
+                 f"+ {SAFETY:g} x Richardson truncation |D(2h) - D(h)|/3 = {richardson_gap / 3:.2g}",
+                 relative=False)
+
+
+def layer_evaluation_error(n_roundings: int, n_terms: int, dtype="float64") -> float:
+    """Relative error of f = sum(r * layer(x)) for one layer function: its chain of n_roundings
+    rounded operations per element plus the sum of n_terms products, sqrt(n) u for random signs."""
+    u = unit_roundoff(dtype)
+    return SAFETY * (n_roundings + math.sqrt(n_terms)) * u
+
+
+def backward_reorder_bound(config, dtype, n_tokens: int) -> Bound:
+    """The same gradients computed in two orders (a padded row vs the unpadded row, other tokens
+    after the last scored position): each side within backward_bound of the exact gradient, so
+    they differ by at most twice that."""
+    one_side = backward_bound(config, dtype, n_tokens)
+    return Bound(2 * one_side.value, f"2 x backward bound ({one_side.reason})")

@@ -1,0 +1,168 @@
+"""Benchmark: one training step (forward, backward, clip, AdamW) of the NumPy spec against
+Hugging Face GPT-2 on PyTorch, same weights, same run.
+
+    python benchmarks/bench_train.py [--model gpt2] [--batch 4] [--tokens 128] [--steps 3]
+
+Each backend runs in its own subprocess, so its peak resident memory (ru_maxrss) is its own;
+"step memory" is that peak minus the process's resident memory once its libraries are imported,
+i.e. the model, optimizer state, activations and gradients.  float32, dropout 0, lr 6e-4,
+weight decay 0.1 on matrices and embeddings only, clip at 1.0.  Both sides start from the same
+weights (ref_numpy.init_params) and the same batch, and their first losses are printed side by
+side (they must agree to float32 rounding).  Ratios are against PyTorch (> 1: faster).  Needs the
+oracle extra (torch, transformers) for the PyTorch row.
+
+Other backends: add a function `run_NAME(args) -> dict` below and list it in BACKENDS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import ref_numpy as R  # noqa: E402
+
+LR, WEIGHT_DECAY, MAX_NORM, BETAS, EPS = 6e-4, 0.1, 1.0, (0.9, 0.999), 1e-8
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process in MB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def same_inputs(args):
+    """config, float32 params, inputs and targets [B, T]: identical in every backend's process."""
+    config = R.GPTConfig.from_name(args.model)
+    params = R.init_params(config, seed=0, dtype=np.float32)
+    ids = np.random.default_rng(1).integers(0, config.n_vocab, (args.batch, args.tokens + 1))
+    return config, params, ids[:, :-1], ids[:, 1:]
+
+
+def timed_steps(step, n):
+    """Run step() once to warm up, then n times; returns (first loss, step times in s)."""
+    first_loss = step()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return first_loss, times
+
+
+def run_numpy(args) -> dict:
+    baseline = rss_mb()
+    config, params, inputs, targets = same_inputs(args)
+    state = R.adamw_init(params)
+
+    def step():
+        nonlocal params, state
+        loss, grads = R.loss_and_grads(config, params, inputs, targets)
+        grads, _ = R.clip_grad_norm(grads, MAX_NORM)
+        params, state = R.adamw_step(params, grads, state, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+        return loss
+
+    loss, times = timed_steps(step, args.steps)
+    return dict(loss=loss, times=times, baseline_mb=baseline, peak_mb=peak_rss_mb(), threads="OpenBLAS")
+
+
+def run_pytorch(args) -> dict:
+    import torch
+    import transformers
+
+    from weights.hf_names import hf_name
+
+    baseline = rss_mb()
+    config, params, inputs, targets = same_inputs(args)
+    hf_config = transformers.GPT2Config(vocab_size=config.n_vocab, n_positions=config.n_ctx, n_embd=config.n_embd,
+                                        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0,
+                                        embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
+    model = transformers.GPT2LMHeadModel(hf_config)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, array in R.flatten_params(params).items():
+            state[hf_name(name, "gpt2")].copy_(torch.from_numpy(array))
+    del params, state
+    model.train()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=BETAS, eps=EPS)
+    x, y = torch.from_numpy(inputs), torch.from_numpy(targets)
+
+    def step():
+        logits = model(x).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, config.n_vocab), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    loss, times = timed_steps(step, args.steps)
+    return dict(loss=loss, times=times, baseline_mb=baseline, peak_mb=peak_rss_mb(),
+                threads=f"torch {torch.get_num_threads()} threads")
+
+
+# name -> runner; each runner returns loss, times, baseline_mb, peak_mb, threads.  The table's
+# ratios are against REFERENCE.  (MindSpore rows: add e.g. "mindspore fp32": run_mindspore.)
+BACKENDS = {"numpy spec": run_numpy, "pytorch (HF)": run_pytorch}
+REFERENCE = "pytorch (HF)"
+
+
+def run_in_subprocess(name, args) -> dict:
+    command = [sys.executable, __file__, "--backend", name, "--model", args.model, "--batch", str(args.batch),
+               "--tokens", str(args.tokens), "--steps", str(args.steps)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return dict(error=(done.stderr.strip().splitlines() or ["failed"])[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def print_table(results, args):
+    tokens = args.batch * args.tokens
+    reference = results.get(REFERENCE, {})
+    ref_speed = tokens / min(reference["times"]) if "times" in reference else None
+    print(f"one training step of {args.model}, batch {args.batch} x {args.tokens} tokens, float32 "
+          f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores); best of {args.steps} steps")
+    print(f"| backend | first loss | step (s) | tokens/s | vs {REFERENCE} | peak RSS (MB) | step memory (MB) | threads |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        if "error" in r:
+            print(f"| {name} | failed: {r['error']} | | | | | | |")
+            continue
+        best = min(r["times"])
+        ratio = f"{tokens / best / ref_speed:.2f}x" if ref_speed else "-"
+        print(f"| {name} | {r['loss']:.6f} | {best:.2f} | {tokens / best:.0f} | {ratio} | {r['peak_mb']:.0f} | "
+              f"{r['peak_mb'] - r['baseline_mb']:.0f} | {r['threads']} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gpt2", choices=sorted(R.PRESETS))
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--backend", choices=sorted(BACKENDS), help="run one backend here and print JSON")
+    args = parser.parse_args(argv)
+    if args.backend:
+        print(json.dumps(BACKENDS[args.backend](args)))
+        return
+    print_table({name: run_in_subprocess(name, args) for name in BACKENDS}, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,17 +3,18 @@ ms_backend by monkeypatching, must fail both the suite (`gptspec.parity.run_pari
 configs of both architectures) and `gptspec parity` run through the CLI entry point at the AMP
 level and mode where the bug lives, while the unbroken backend passes the same runs.
 
-This file holds the bugs in layers, masks, positions and caches; test_parity_mutations_amp.py
-the AMP policy violations.  The CLI check runs on a tiny checkpoint here; the slow test runs the
-DEFAULT `gptspec parity` (random 124M) for every variant, and
+This file holds the bugs in the layers and the checks all variants share;
+test_parity_mutations_masks.py the bugs in masks, positions and caches, and
+test_parity_mutations_amp.py the AMP policy violations.  The CLI check runs on a tiny checkpoint;
+the slow test runs the DEFAULT `gptspec parity` (random 124M) for the bugs whose effect shrinks
+with the model's size, and
 
     python -m parity_tests.test_parity_mutations
 
-prints each variant's worst error / bound in that default run (the table of issue 14).
+runs every variant in the default run and prints its worst error / bound (the table of issue 14).
 """
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -34,8 +35,6 @@ pytestmark = pytest.mark.mindspore
 from mindspore import nn, ops  # noqa: E402  (after the importorskip)
 
 import ms_backend.model  # noqa: E402,F401  (patch_backend patches every loaded ms_backend module)
-
-GENERATE_MODULE = importlib.import_module("ms_backend.generate")  # ms_backend.generate is the function
 
 CONFIGS = {arch: R.GPTConfig(arch=arch, n_vocab=61, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
            for arch in ("gpt1", "gpt2")}
@@ -167,107 +166,6 @@ def no_ln_f(monkeypatch):
                lambda model, *args, **kwargs: setattr(model, "ln_f", nn.Identity()) if model.has_ln_f else None)
 
 
-# -- masks ----------------------------------------------------------------------------------
-
-def mask_off_by_one(monkeypatch):
-    """Each query also sees the key right after it: causal_mask's offset one too large."""
-    original = ms_backend.layers.causal_mask
-
-    def shifted(n_query, n_key, n_slots=None):
-        mask = original(n_query, n_key + 1, n_slots)
-        return mask if n_slots is not None else mask[:, :n_key]
-
-    patch_backend(monkeypatch, "causal_mask", shifted)
-
-
-def softmax_without_the_max(monkeypatch):
-    """exp(x) / sum(exp(x)) without subtracting the max: a fully masked row (a padding query)
-    is exp(-3.4e38) = 0 everywhere, 0 / 0 = NaN."""
-    def softmax(x, axis=-1):
-        e = ops.exp(x)
-        return e / e.sum(axis=axis, keepdims=True)
-
-    patch_backend(monkeypatch, "softmax", softmax)
-
-
-def float32_minimum_in_float16(monkeypatch):
-    """The masked score is float32's minimum whatever the scores' dtype: cast to float16 it is
-    -inf, and a fully masked row (a padding query) becomes -inf - (-inf) = NaN (at O3, where the
-    softmax runs in float16)."""
-    patch_backend(monkeypatch, "finite_min", lambda dtype: ms_backend.layers.FLOAT32_MIN)
-
-
-def padding_mask_ignored(monkeypatch):
-    """The attention mask's padding is not applied: queries attend to the padding tokens."""
-    patch_backend(monkeypatch, "padding_mask", lambda attention_mask: (attention_mask > -1)[:, None, None, :])
-
-
-# -- positions ------------------------------------------------------------------------------
-
-def positions_without_offset(monkeypatch):
-    """New tokens after a KV cache get positions counted from 0, as if n_past were forgotten."""
-    original_prepare = ms_backend.model.prepare_inputs
-    original_default = ms_backend.model.default_position_ids
-
-    def prepare(*args, **kwargs):
-        inputs = original_prepare(*args, **kwargs)
-        return inputs._replace(position_ids=inputs.position_ids - inputs.n_past)
-
-    def default_position_ids(attention_mask, n_past, batch, n_new):
-        new_mask = None if attention_mask is None else attention_mask[:, -n_new:]
-        return original_default(new_mask, 0, batch, n_new)
-
-    patch_backend(monkeypatch, "prepare_inputs", prepare)
-    patch_backend(monkeypatch, "default_position_ids", default_position_ids)
-
-
-def positions_ignore_the_padding(monkeypatch):
-    """Position ids n_past + arange(T) even with left padding, not cumsum(mask) - 1: a padded
-    row's real tokens get shifted positions."""
-    original_prepare = ms_backend.model.prepare_inputs
-
-    def prepare(config, ids, *, attention_mask=None, past=None, position_ids=None):
-        inputs = original_prepare(config, ids, attention_mask=attention_mask, past=past, position_ids=position_ids)
-        if position_ids is not None:
-            return inputs
-        B, T = inputs.ids.shape
-        return inputs._replace(position_ids=np.broadcast_to(np.arange(inputs.n_past, inputs.n_past + T), (B, T)))
-
-    patch_backend(monkeypatch, "prepare_inputs", prepare)
-    for module in (ms_backend.model, GENERATE_MODULE):  # the Tensor and the NumPy version
-        monkeypatch.setattr(module, "default_position_ids",
-                            lambda mask, n_past, batch, n_new, original=module.default_position_ids:
-                            original(None, n_past, batch, n_new))
-
-
-def static_positions_from_zero(monkeypatch):
-    """Graph mode: the compiled step looks up wpe at arange(T), not write_pos + arange(T), so
-    every token after the prompt gets a position counted from 0."""
-    original = ms_backend.model.GPTModel.step_numpy
-
-    def step_numpy(self, ids, position_ids, key_mask, write_pos, cache, last_only=False):
-        return original(self, ids, np.asarray(position_ids) - int(write_pos), key_mask, write_pos, cache, last_only)
-
-    monkeypatch.setattr(ms_backend.model.GPTModel, "step_numpy", step_numpy)
-
-
-# -- caches ---------------------------------------------------------------------------------
-
-def static_cache_one_slot_late(monkeypatch):
-    """Graph mode's static cache: new keys and values written at write_pos + 1 (the slot of
-    write_pos keeps its zeros and is attended; the last one falls off the end)."""
-    original = ms_backend.layers.extend_cache
-
-    def extend_cache(past, k, v, cache_write=None):
-        if cache_write is not None:
-            slots = cache_write[0]
-            late = ops.cat((ops.zeros_like(slots[:1]), slots[:-1]), axis=0)  # every one-hot one row down
-            cache_write = (late, cache_write[1])
-        return original(past, k, v, cache_write)
-
-    patch_backend(monkeypatch, "extend_cache", extend_cache)
-
-
 VARIANTS = {v.name: v for v in [
     Variant("erf GELU", "layers", erf_gelu),
     Variant("LayerNorm eps 1e-7", "layers", epsilon_1e7),
@@ -279,14 +177,6 @@ VARIANTS = {v.name: v for v in [
     Variant("Linear bias added twice", "layers", bias_added_twice),
     Variant("softmax over the query axis", "layers", softmax_over_the_wrong_axis),
     Variant("GPT-2 without ln_f", "layers", no_ln_f, archs=("gpt2",)),
-    Variant("causal mask off by one", "masks", mask_off_by_one),
-    Variant("softmax without the max subtracted", "masks", softmax_without_the_max),
-    Variant("float32 mask minimum cast to float16", "masks", float32_minimum_in_float16, amp="O3"),
-    Variant("padding mask ignored", "masks", padding_mask_ignored),
-    Variant("position ids without the cache offset", "positions", positions_without_offset),
-    Variant("position ids ignore the left padding", "positions", positions_ignore_the_padding),
-    Variant("graph step: wpe without the cache offset", "positions", static_positions_from_zero, mode="graph"),
-    Variant("static cache written one slot late", "caches", static_cache_one_slot_late, mode="graph"),
 ]}
 
 
@@ -443,6 +333,9 @@ def print_default_run_table(variants) -> None:
 
 
 if __name__ == "__main__":
-    from parity_tests import test_parity_mutations_amp
+    # The imported modules, not this __main__ copy: every variant file shares one set of helpers.
+    from parity_tests import test_parity_mutations, test_parity_mutations_amp, test_parity_mutations_masks
 
-    print_default_run_table([*VARIANTS.values(), *test_parity_mutations_amp.VARIANTS.values()])
+    test_parity_mutations.print_default_run_table([*test_parity_mutations.VARIANTS.values(),
+                                                   *test_parity_mutations_masks.VARIANTS.values(),
+                                                   *test_parity_mutations_amp.VARIANTS.values()])

@@ -23,7 +23,9 @@ def log_sum_exp(x, axis=-1):
     """log(sum(exp(x))) along `axis`, [..., V] -> [...].  Shifted by the row max so exp() never
     overflows (the max term is exp(0) = 1, so the sum is >= 1 and its log is finite)."""
     top = np.max(x, axis=axis, keepdims=True)
-    return (top + np.log(np.sum(np.exp(x - top), axis=axis, keepdims=True))).squeeze(axis)
+    e = x - top
+    np.exp(e, out=e)  # in place: with V = 50257 this array is the largest of the whole step
+    return (top + np.log(np.sum(e, axis=axis, keepdims=True))).squeeze(axis)
 
 
 def cross_entropy(logits, targets, *, ignore_index=-100) -> float:
@@ -33,10 +35,9 @@ def cross_entropy(logits, targets, *, ignore_index=-100) -> float:
     ref_numpy.check_targets).  Computed with log-sum-exp in at least float32."""
     x = _upcast(logits).reshape(-1, logits.shape[-1])  # [N, V]
     t = np.asarray(targets).reshape(-1)
-    keep = t != ignore_index
-    x, t = x[keep], t[keep]
-    picked = np.take_along_axis(x, t[:, None], axis=-1)[:, 0]
-    return float(np.mean(log_sum_exp(x) - picked))
+    keep = np.flatnonzero(t != ignore_index)  # the rows that count
+    picked = x[keep, t[keep]]  # the target's logit in each of them
+    return float(np.mean(log_sum_exp(x)[keep] - picked))  # every row's lse: cheaper than copying x[keep]
 
 
 def cross_entropy_backward(logits, targets, *, ignore_index=-100):
@@ -46,7 +47,8 @@ def cross_entropy_backward(logits, targets, *, ignore_index=-100):
     t = np.asarray(targets).reshape(-1)
     keep = t != ignore_index
     n = np.count_nonzero(keep)
-    d = np.exp(x - log_sum_exp(x)[:, None])  # softmax, from the same log-sum-exp as the loss
+    d = x - log_sum_exp(x)[:, None]
+    np.exp(d, out=d)  # softmax, from the same log-sum-exp as the loss (in place: [N, V] is large)
     d[np.flatnonzero(keep), t[keep]] -= 1  # - onehot(target)
     d[~keep] = 0
     d /= n

@@ -241,7 +241,7 @@ def run(args) -> int:
 
 
 def report(summary: dict, folder, opts: dict, say) -> None:
-    before, after = summary["valid_loss_before"], summary["valid_loss_after"]
+    before, after = [summary[k] and summary[k]["valid_loss"] for k in ("before", "after")]
     say(f"trained to step {summary['steps']} in {summary['seconds']:.1f} s; latest checkpoint in {folder.path}")
     if before is not None and after is not None:
         say(f"held-out perplexity: {math.exp(before):.2f} before, {math.exp(after):.2f} after "

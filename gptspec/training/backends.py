@@ -4,7 +4,7 @@ The loop (loop.py) is written once; a backend supplies the step, as `ref_numpy.n
 for generation:
 
     backend.train_step(step, micro_batches) -> StepResult   one optimizer update (step = updates so far)
-    backend.eval_loss(inputs, targets, attention_mask) -> (summed loss, number of targets)
+    backend.evaluate(valid, batch_rows) -> {"valid_loss": ..., "valid_perplexity": ...}
     backend.write_files(folder) / backend.read_files(folder)  weights (weights.save) + optimizer state
     backend.params_numpy() -> params dict                   the current weights
 
@@ -15,6 +15,7 @@ target tokens, so the step computes exactly the mean over the whole batch's targ
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,17 @@ class Hyper:
 
 def n_targets(targets: np.ndarray) -> int:
     return int((np.asarray(targets) != IGNORE_INDEX).sum())
+
+
+def lm_metrics(eval_loss, windows, batch_rows: int) -> dict:
+    """Held-out loss (the mean over every target of `windows`, in batches of `batch_rows`) and
+    perplexity exp(loss)."""
+    total, count = 0.0, 0
+    for start in range(0, len(windows), batch_rows):
+        loss_sum, n = eval_loss(*windows.rows(slice(start, start + batch_rows)))
+        total, count = total + loss_sum, count + n
+    loss = total / count if count else float("nan")
+    return {"valid_loss": loss, "valid_perplexity": math.exp(min(loss, 700.0))}
 
 
 def dropout_seed(seed: int, step: int, micro: int) -> int:
@@ -112,6 +124,9 @@ class NumpyBackend:
             self.params, grads, self.optimizer, lr=lr, betas=self.hyper.betas, eps=self.hyper.eps,
             weight_decay=self.hyper.weight_decay)
         return StepResult(loss=loss, grad_norm=float(norm), lr=lr)
+
+    def evaluate(self, windows, batch_rows: int) -> dict:
+        return lm_metrics(self.eval_loss, windows, batch_rows)
 
     def eval_loss(self, inputs, targets, attention_mask=None) -> tuple[float, int]:
         count = n_targets(targets)

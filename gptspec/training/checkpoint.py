@@ -34,7 +34,8 @@ STATE_FILE = "train_state.json"
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "loss.png"
 CHECKPOINTS = "checkpoints"
-RUN_FILES = {RUN_FILE, LOG_FILE, PLOT_FILE, CHECKPOINTS}   # DIR entries that are not checkpoint files
+BEST_FILE = "best.json"
+RUN_FILES = {RUN_FILE, LOG_FILE, PLOT_FILE, CHECKPOINTS, BEST_FILE}   # DIR entries that are not checkpoint files
 FORMAT = "gptspec-train-1"
 
 

@@ -46,6 +46,12 @@ class TokenWindows:
     def n_targets(self) -> int:
         return int((self.targets != IGNORE_INDEX).sum())
 
+    @staticmethod
+    def count_tokens(micro_batch) -> int:
+        """Real (not padding) input tokens of a micro-batch from `rows`."""
+        inputs, _, mask = micro_batch
+        return inputs.size if mask is None else int(mask.sum())
+
 
 # -- 1. files -> documents ------------------------------------------------------------------------
 def read_documents(paths, *, split_on_blank_lines: bool = False, argument: str = "--data") -> list[Document]:

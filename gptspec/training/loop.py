@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .checkpoint import LOG_FILE, RunFolder
-from .data import BatchOrder, TokenWindows
+from .data import BatchOrder
 
 
 @dataclass
@@ -34,6 +34,7 @@ class LoopOptions:
     progress: bool = False
     rank: int = 0                    # the data-parallel seam: under msrun, this process's rank
     world_size: int = 1
+    keep_best: str | None = None     # a metric to maximise (valid_accuracy): DIR/best.json names its step
 
 
 class Interrupted(Exception):
@@ -44,13 +45,10 @@ class Interrupted(Exception):
         self.step, self.folder = step, folder
 
 
-def evaluate(backend, windows: TokenWindows, batch_rows: int) -> float:
-    """Mean loss over every target of `windows` (the held-out split), in batches of `batch_rows`."""
-    total, count = 0.0, 0
-    for start in range(0, len(windows), batch_rows):
-        loss_sum, n = backend.eval_loss(*windows.rows(slice(start, start + batch_rows)))
-        total, count = total + loss_sum, count + n
-    return total / count if count else float("nan")
+def describe(step: int, metrics: dict) -> str:
+    """'step 100: held-out loss 5.0247, perplexity 152.12' (or accuracy for classification)."""
+    names = {"valid_loss": "held-out loss", "valid_perplexity": "perplexity", "valid_accuracy": "accuracy"}
+    return f"step {step}: " + ", ".join(f"{names.get(k, k)} {v:.4f}" for k, v in metrics.items())
 
 
 class StopOnSigint:
@@ -79,18 +77,26 @@ class StopOnSigint:
         return False
 
 
-def run_loop(backend, train: TokenWindows, valid: TokenWindows | None, order: BatchOrder, options: LoopOptions,
+def run_loop(backend, train, valid, order: BatchOrder, options: LoopOptions,
              folder: RunFolder, *, start_step: int, save: Callable[[int], None],
              say: Callable[[str], None] = print) -> dict:
     """Train from `start_step` to options.total_steps. `save(step)` writes a checkpoint.
-    Returns {"steps", "valid_loss_before", "valid_loss_after", "seconds"}; raises Interrupted on Ctrl-C."""
+
+    `train` and `valid` are datasets (TokenWindows, or the classification rows of finetune):
+    `rows(index)` is a micro-batch for the backend, `count_tokens(micro_batch)` its real tokens.
+    `backend.evaluate(valid, batch_rows)` returns the held-out metrics ({"valid_loss": ...}).
+    Returns {"steps", "before", "after" (metrics or None), "seconds"}; raises Interrupted on Ctrl-C."""
     writer = options.rank == 0
     micro_rows = _micro_batch_rows(options)
     log = LogFile(folder.path / LOG_FILE, start_step) if writer else None
     bar = ProgressLine(options.total_steps, start_step, enabled=options.progress and writer)
-    summary = {"steps": start_step, "valid_loss_before": None, "valid_loss_after": None}
+    summary = {"steps": start_step, "before": None, "after": None}
+    best = _read_best(folder) if options.keep_best else None
     if valid is not None and len(valid) and start_step == 0:
-        summary["valid_loss_before"] = _eval(backend, valid, micro_rows, start_step, log, bar, say, writer)
+        summary["before"] = backend.evaluate(valid, micro_rows)
+        bar.write(describe(start_step, summary["before"]), say)
+        if log:
+            log.append({"step": start_step, **summary["before"]})
     started = time.perf_counter()
     step = start_step
     with StopOnSigint(lambda text: bar.write(text, say)) as sigint:
@@ -101,7 +107,7 @@ def run_loop(backend, train: TokenWindows, valid: TokenWindows | None, order: Ba
             result = backend.train_step(step, micro_batches)
             seconds = time.perf_counter() - tic
             step += 1
-            n_tokens = sum(int(m.sum()) if m is not None else x.size for x, _, m in micro_batches)
+            n_tokens = sum(train.count_tokens(micro) for micro in micro_batches)
             row = {"step": step, "loss": result.loss, "lr": result.lr, "loss_scale": result.loss_scale,
                    "tokens_per_s": n_tokens * options.world_size / seconds if seconds > 0 else None,
                    "grad_norm": result.grad_norm}
@@ -111,16 +117,21 @@ def run_loop(backend, train: TokenWindows, valid: TokenWindows | None, order: Ba
                 raise FloatingPointError(f"step {step}: the loss is {result.loss}; lower --lr or use --max-grad-norm")
             last = step == options.total_steps
             if valid is not None and len(valid) and options.eval_every and (step % options.eval_every == 0 or last):
-                row["valid_loss"] = evaluate(backend, valid, micro_rows)
-                row["valid_perplexity"] = math.exp(min(row["valid_loss"], 700.0))
-                summary["valid_loss_after"] = row["valid_loss"]
-                bar.write(f"step {step}: held-out loss {row['valid_loss']:.4f}, perplexity "
-                          f"{row['valid_perplexity']:.2f}", say)
+                metrics = backend.evaluate(valid, micro_rows)
+                row.update(metrics)
+                summary["after"] = metrics
+                bar.write(describe(step, metrics), say)
             if log:
                 log.append(row)
             bar.update(step, row)
-            if writer and (last or sigint.requested or (options.save_every and step % options.save_every == 0)):
+            improved = options.keep_best and options.keep_best in row and (
+                best is None or row[options.keep_best] > best[options.keep_best])
+            if writer and (last or sigint.requested or improved or
+                           (options.save_every and step % options.save_every == 0)):
                 save(step)
+            if writer and improved:
+                best = {"step": step, options.keep_best: row[options.keep_best], "folder": f"checkpoints/step-{step}"}
+                _write_best(folder, best)
             if sigint.requested and not last:
                 bar.close()
                 raise Interrupted(step, folder.path)
@@ -135,12 +146,19 @@ def _micro_batch_rows(options: LoopOptions) -> int:
     return max(1, per_rank // options.grad_accum)
 
 
-def _eval(backend, valid, micro_rows, step, log, bar, say, writer) -> float:
-    loss = evaluate(backend, valid, micro_rows)
-    bar.write(f"step {step}: held-out loss {loss:.4f}, perplexity {math.exp(min(loss, 700.0)):.2f}", say)
-    if log and writer:
-        log.append({"step": step, "valid_loss": loss, "valid_perplexity": math.exp(min(loss, 700.0))})
-    return loss
+BEST_FILE = "best.json"
+
+
+def _read_best(folder: RunFolder) -> dict | None:
+    path = folder.path / BEST_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _write_best(folder: RunFolder, best: dict) -> None:
+    """DIR/best.json: the step (and its checkpoints/step-N folder) with the best held-out metric."""
+    temporary = folder.path / f".{BEST_FILE}.tmp"
+    temporary.write_text(json.dumps(best) + "\n", encoding="utf-8")
+    temporary.replace(folder.path / BEST_FILE)
 
 
 class LogFile:

@@ -40,3 +40,6 @@ __all__ += ["cross_entropy", "cross_entropy_backward", "log_sum_exp", "check_tar
             "merge_heads_backward", "dropout_backward", "attention_backward", "mha_backward", "mlp_backward",
             "gpt2_block_backward", "gpt1_block_backward", "embed_backward", "lm_head_backward",
             "train_forward", "train_backward", "loss_and_grads"]
+# Training data, optimizer and fine-tuning head (issue 11): data.py, optim.py, classifier.py.
+from .data import pad_or_truncate, shift_targets  # noqa: E402
+__all__ += ["pad_or_truncate", "shift_targets"]

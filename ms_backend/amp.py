@@ -21,6 +21,7 @@ casts its inputs and weights to it (casts to the dtype a tensor already has are 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import mindspore as ms
@@ -63,3 +64,48 @@ def precision_for(amp_level: str = "O0", dtype: str | None = None) -> Precision:
 def to(x, dtype):
     """x cast to `dtype`; no cast op at all when it already has it."""
     return x if x.dtype == dtype else x.astype(dtype)
+
+
+# The dtype trace: which dtype each operation actually ran in
+# ------------------------------------------------------------
+# An AMP policy violation (softmax in float16 at O2, the bias added in float16 at O1) moves the
+# error no further than an honest reordering does, so no error bound catches it.  Instead every
+# Cell records the dtypes of the tensors it actually hands to, and gets back from, each operation
+# (not the dtype its Precision says), and gptspec.parity compares them with the table above.
+# Recording only happens in PyNative calls inside `record_dtypes()`; a compiled graph sees the
+# log as None and the call as dead code.
+
+# Operation -> the Precision field that decides its dtype.
+OPERATION_PRECISION = {"matmul": "matmul", "bias_add": "elementwise", "gelu": "elementwise",
+                       "residual": "elementwise", "embed": "elementwise", "layer_norm": "norm",
+                       "softmax": "norm", "logits": "logits"}
+# Records per block: 4 Linear matmuls + attention (q k^T and weights v, one record), 4 bias adds,
+# one GELU, one softmax, two LayerNorms, two residual adds.
+RECORDS_PER_BLOCK = {"matmul": 5, "bias_add": 4, "gelu": 1, "softmax": 1, "layer_norm": 2, "residual": 2}
+
+_dtype_log = None  # a list while record_dtypes() is active
+
+
+def record_dtype(operation: str, *tensors) -> None:
+    """Note that `operation` ran on (or produced) `tensors`: their dtypes go to the active log."""
+    if _dtype_log is not None:
+        _dtype_log.append((operation, tuple(t.dtype for t in tensors)))
+
+
+@contextmanager
+def record_dtypes():
+    """Collect (operation, dtypes) of every operation run inside the block (PyNative only)."""
+    global _dtype_log
+    previous, _dtype_log = _dtype_log, []
+    try:
+        yield _dtype_log
+    finally:
+        _dtype_log = previous
+
+
+def expected_records(n_layer: int, has_ln_f: bool) -> dict:
+    """How many records one forward pass of the whole model makes, per operation."""
+    counts = {op: n * n_layer for op, n in RECORDS_PER_BLOCK.items()}
+    counts["embed"], counts["logits"] = 1, 1
+    counts["layer_norm"] += int(has_ln_f)
+    return counts

@@ -22,7 +22,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ref_numpy.layers import merge_heads, split_heads  # pure reshapes: NumPy and MindSpore alike
 
-from .amp import Precision, to
+from .amp import Precision, record_dtype, to
 
 FLOAT16_MIN = float(np.finfo(np.float16).min)
 FLOAT32_MIN = float(np.finfo(np.float32).min)
@@ -162,7 +162,11 @@ class Linear(nn.Cell):
         self.bias_dtype = precision.elementwise
 
     def construct(self, x):
-        return linear(to(x, self.matmul_dtype), to(self.w, self.matmul_dtype), to(self.b, self.bias_dtype))
+        x, w = to(x, self.matmul_dtype), to(self.w, self.matmul_dtype)
+        out = linear(x, w, to(self.b, self.bias_dtype))
+        record_dtype("matmul", x, w)
+        record_dtype("bias_add", out)  # O1: the float16 product + the float32 bias runs in float32
+        return out
 
 
 class LayerNorm(nn.Cell):
@@ -178,7 +182,10 @@ class LayerNorm(nn.Cell):
 
     def construct(self, x):
         dtype = self.norm_dtype
-        return to(layer_norm(to(x, dtype), to(self.g, dtype), to(self.b, dtype), self.eps), self.out_dtype)
+        x = to(x, dtype)
+        out = layer_norm(x, to(self.g, dtype), to(self.b, dtype), self.eps)
+        record_dtype("layer_norm", x, out)
+        return to(out, self.out_dtype)
 
 
 class MHA(nn.Cell):
@@ -199,7 +206,10 @@ class MHA(nn.Cell):
         k, v = extend_cache(past, k, v, cache_write)
         n_keys = None if cache_write is None else cache_write[1]
         dtype = self.matmul_dtype
-        y, weights = attention(to(q, dtype), to(k, dtype), to(v, dtype), mask, self.softmax_dtype, n_keys)
+        q, k_low, v_low = to(q, dtype), to(k, dtype), to(v, dtype)
+        y, weights = attention(q, k_low, v_low, mask, self.softmax_dtype, n_keys)
+        record_dtype("matmul", q, k_low, v_low, y)  # q k^T and weights v
+        record_dtype("softmax", weights)
         return self.c_proj(merge_heads(y)), (k, v), weights
 
 
@@ -212,7 +222,9 @@ class MLP(nn.Cell):
         self.c_proj = Linear(params["c_proj"], precision)
 
     def construct(self, x):
-        return self.c_proj(gelu(self.c_fc(x)))
+        h = gelu(self.c_fc(x))
+        record_dtype("gelu", h)
+        return self.c_proj(h)
 
 
 class GPT2Block(nn.Cell):
@@ -229,8 +241,10 @@ class GPT2Block(nn.Cell):
         """-> (x [B, T, C], present, (attn out, attn weights, mlp out)) -- the last for tracing."""
         a, present, weights = self.attn(self.ln_1(x), mask, past, cache_write)
         x = x + a
+        record_dtype("residual", x)
         m = self.mlp(self.ln_2(x))
         x = x + m
+        record_dtype("residual", x)
         return x, present, (a, weights, m)
 
 
@@ -247,9 +261,13 @@ class GPT1Block(nn.Cell):
     def construct(self, x, mask, past=None, cache_write=None):
         """-> (h [B, T, C], present, (attn out, attn weights, mlp out)) -- the last for tracing."""
         a, present, weights = self.attn(x, mask, past, cache_write)
-        n = self.ln_1(x + a)
+        s = x + a
+        record_dtype("residual", s)
+        n = self.ln_1(s)
         m = self.mlp(n)
-        h = self.ln_2(n + m)
+        s = n + m
+        record_dtype("residual", s)
+        h = self.ln_2(s)
         return h, present, (a, weights, m)
 
 

@@ -18,7 +18,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from ref_numpy import GPTConfig, check_params, prepare_inputs
 
 from . import layers
-from .amp import precision_for, to
+from .amp import precision_for, record_dtype, to
 from .layers import BLOCK_CELLS, LayerNorm
 
 MODES = ("pynative", "graph")
@@ -94,13 +94,17 @@ class GPTModel(nn.Cell):
     def embed(self, ids, position_ids):
         """[B, T] ids -> [B, T, C]: token plus position embedding."""
         dtype = self.elementwise_dtype
-        return to(ops.gather(self.wte, ids, 0), dtype) + to(ops.gather(self.wpe, position_ids, 0), dtype)
+        x = to(ops.gather(self.wte, ids, 0), dtype) + to(ops.gather(self.wpe, position_ids, 0), dtype)
+        record_dtype("embed", x)
+        return x
 
     def lm_head(self, x):
         """Logits [B, T, V] from the tied embedding, in the logits dtype."""
         dtype = self.logits_dtype
         B, T, C = x.shape
-        logits = self.matmul_t(to(x, dtype).reshape(B * T, C), to(self.wte, dtype))
+        x, wte = to(x, dtype), to(self.wte, dtype)
+        logits = self.matmul_t(x.reshape(B * T, C), wte)
+        record_dtype("logits", x, wte, logits)
         return logits.reshape(B, T, -1)
 
     def run(self, ids, position_ids, mask, past=None, cache_write=None, last_only=False):

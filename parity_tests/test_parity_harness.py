@@ -134,8 +134,11 @@ def test_probe_params_fit_the_config_and_are_seeded():
     R.check_params(config, params)
     again = R.flatten_params(probe_params(config, 3))
     assert all(np.array_equal(v, again[k]) for k, v in R.flatten_params(params).items())
-    w = params["blocks"][0]["mlp"]["c_proj"]["w"]  # fan_in 4C = 96: std ~ 1/sqrt(96)
-    assert 0.7 / np.sqrt(96) < w.std() < 1.3 / np.sqrt(96)
+    w = params["blocks"][0]["mlp"]["c_fc"]["w"]  # fan_in C = 24: std ~ 1/sqrt(24)
+    assert 0.7 / np.sqrt(24) < w.std() < 1.3 / np.sqrt(24)
+    residual = np.sqrt(96 * 2 * config.n_layer)  # c_proj: fan_in 4C = 96, scaled by 1/sqrt(2 n_layer)
+    assert 0.7 / residual < params["blocks"][0]["mlp"]["c_proj"]["w"].std() < 1.3 / residual
+    assert 0.25 < params["wpe"].std() < 0.35 and 0.015 < params["wte"].std() < 0.025
 
 
 def test_an_absolute_bound_does_not_scale_with_the_reference():

@@ -92,14 +92,16 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
-def resolve_options(args) -> tuple[dict, dict]:
-    """(run options, free options): defaults, --demo's settings, or the resumed run's own."""
-    given = {k: getattr(args, k) for k in RUN_DEFAULTS if getattr(args, k) is not None}
+def resolve_options(args, run_defaults=RUN_DEFAULTS, free_defaults=FREE_DEFAULTS, demo=DEMO,
+                    demo_free=DEMO_FREE) -> tuple[dict, dict]:
+    """(run options, free options): defaults, --demo's settings, or the resumed run's own.
+    (`gptspec finetune` passes its own defaults.)"""
+    given = {k: getattr(args, k) for k in run_defaults if getattr(args, k, None) is not None}
     for name in PATH_OPTIONS:
         if name in given:
             given[name] = ([str(Path(p).resolve()) for p in given[name]] if isinstance(given[name], list)
                            else str(Path(given[name]).resolve()))
-    free_given = {k: getattr(args, k) for k in FREE_DEFAULTS if getattr(args, k) is not None}
+    free_given = {k: getattr(args, k) for k in free_defaults if getattr(args, k) is not None}
     if args.resume:
         from gptspec.training.checkpoint import RunFolder
 
@@ -111,10 +113,10 @@ def resolve_options(args) -> tuple[dict, dict]:
             raise ValueError(f"--resume {args.resume} continues the run with its own options; these differ: "
                              f"{'; '.join(changed)}")
         return opts, free
-    base = {**RUN_DEFAULTS, **(DEMO if args.demo else {})}
+    base = {**run_defaults, **(demo if getattr(args, "demo", None) else {})}
     opts = {**base, **given}
-    free = {**FREE_DEFAULTS, **(DEMO_FREE if args.demo else {}), **free_given}
-    if not opts["demo"] and not opts["data"]:
+    free = {**free_defaults, **(demo_free if getattr(args, "demo", None) else {}), **free_given}
+    if not opts.get("demo") and not opts["data"]:
         raise ValueError("--data FILE ... is required (or --demo for the offline demo on Python's docs)")
     return opts, free
 
@@ -128,7 +130,7 @@ def check_numbers(opts: dict, free: dict) -> None:
             raise ValueError(f"--{name} must be a positive number, got {value}")
 
     for name in ("batch_size", "grad_accum", "steps", "epochs", "seq_len", "train_tokenizer", "lr"):
-        positive(name.replace("_", "-"), opts[name])
+        positive(name.replace("_", "-"), opts.get(name))
     for name, value in free.items():
         positive(name.replace("_", "-"), value)
     if opts["steps"] is not None and opts["epochs"] is not None:
@@ -138,9 +140,9 @@ def check_numbers(opts: dict, free: dict) -> None:
     for name in ("min_lr", "weight_decay", "warmup", "max_grad_norm"):
         if opts[name] < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {opts[name]}")
-    if not 0 <= opts["dropout"] < 1:
+    if not 0 <= opts.get("dropout", 0) < 1:
         raise ValueError(f"--dropout must be in [0, 1), got {opts['dropout']}")
-    if not 0 <= opts["valid_fraction"] < 1:
+    if not 0 <= opts.get("valid_fraction", 0) < 1:
         raise ValueError(f"--valid-fraction must be in [0, 1), got {opts['valid_fraction']}")
 
 

@@ -1,0 +1,33 @@
+"""gptspec classify: label texts with a model fine-tuned by `gptspec finetune --task classify`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("classify", help="label texts with a fine-tuned classifier",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", metavar="DIR", required=True, help="the fine-tuning run's folder (or a "
+                                                                         "checkpoints/step-N inside it)")
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    parser.add_argument("--file", metavar="FILE", help="classify each non-blank line of FILE")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from gptspec.commands.finetune import classify_texts
+
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise ValueError(f"--file {path} does not exist")
+        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ValueError("give texts to classify as arguments or with --file FILE")
+    labels, probabilities = classify_texts(args.weights, texts)
+    for text, p in zip(texts, probabilities):
+        best = int(p.argmax())
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        print(f"{labels[best]}\t" + "  ".join(f"{label}={q:.3f}" for label, q in zip(labels, p)) + f"\t{shown}")
+    return 0

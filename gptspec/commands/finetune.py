@@ -1,0 +1,177 @@
+"""gptspec finetune: fine-tune GPT-1 or GPT-2 for text classification, GPT-1's way (a head on the
+_classify_ token, loss = classification + --lm-coef x language modelling).
+
+    gptspec finetune --task classify --data train.csv --valid valid.csv --model openai-gpt --out clf/
+    gptspec classify --weights clf/ "what a great film" "dull and far too long"
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from gptspec.commands.train import check_numbers, distributed_rank, resolve_options
+
+RUN_DEFAULTS = dict(
+    task="classify", data=None, valid=None, text_column="text", label_column="label", seq_len=None,
+    model=None, weights=None, config=None, n_layer=None, n_embd=None, n_head=None, n_ctx=None, vocab=None,
+    train_tokenizer=None, backend="numpy", lm_coef=0.5, lr=6.25e-5, min_lr=0.0, warmup=0, schedule="linear",
+    weight_decay=0.01, max_grad_norm=1.0, batch_size=8, grad_accum=1, steps=None, epochs=None, seed=0)
+DEFAULT_EPOCHS = 3
+FREE_DEFAULTS = dict(eval_every=None, save_every=None)
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("finetune", help="fine-tune a GPT for text classification (GPT-1's head)",
+                                   description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=("classify",),
+                        help="classify: (text, label) rows (entail, similar and choice are not built yet)")
+    parser.add_argument("--data", nargs="+", metavar="FILE", help=".jsonl or .csv rows with a text and a label column")
+    parser.add_argument("--valid", nargs="+", metavar="FILE", help="held-out rows: accuracy each epoch, best kept")
+    parser.add_argument("--text-column", help="default 'text'")
+    parser.add_argument("--label-column", help="default 'label' (strings or integers)")
+    parser.add_argument("--seq-len", type=int, help="tokens per row (default: the longest row, at most n_ctx)")
+    parser.add_argument("--model", metavar="NAME", help="published weights (e.g. openai-gpt, gpt2)")
+    parser.add_argument("--weights", metavar="DIR", help="a checkpoint folder")
+    parser.add_argument("--config", metavar="NAME", help="a new, randomly initialised model of this preset's shape")
+    for name in ("n-layer", "n-embd", "n-head", "n-ctx"):
+        parser.add_argument(f"--{name}", type=int, metavar="N", help=f"with --config: override {name.replace('-', '_')}")
+    parser.add_argument("--vocab", metavar="DIR", help="tokenizer folder (default: the checkpoint's own)")
+    parser.add_argument("--train-tokenizer", type=int, metavar="N", help="with --config: learn a BPE of N tokens")
+    parser.add_argument("--backend", choices=("numpy",), help="numpy (the spec); MindSpore is not wired for this yet")
+    parser.add_argument("--lm-coef", type=float, help="weight of the auxiliary LM loss (default 0.5, GPT-1's)")
+    for name, kind, text in (("lr", float, "default 6.25e-5 (GPT-1)"), ("min-lr", float, "default 0"),
+                             ("warmup", int, "steps, default 0"), ("weight-decay", float, "default 0.01"),
+                             ("max-grad-norm", float, "default 1.0; 0: off"), ("batch-size", int, "default 8"),
+                             ("grad-accum", int, "micro-batches per update, default 1"),
+                             ("steps", int, "default: --epochs"), ("epochs", float, "default 3"),
+                             ("seed", int, "default 0")):
+        parser.add_argument(f"--{name}", type=kind, help=text)
+    parser.add_argument("--schedule", choices=("cosine", "linear"), help="default linear (GPT-1)")
+    parser.add_argument("--out", metavar="DIR", help="the run's folder")
+    parser.add_argument("--eval-every", type=int, metavar="N", help="held-out accuracy every N steps (default: each epoch)")
+    parser.add_argument("--save-every", type=int, metavar="N")
+    parser.add_argument("--resume", metavar="DIR")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import ref_numpy
+    from gptspec.training import setup
+    from gptspec.training.backends import Hyper
+    from gptspec.training.checkpoint import RunFolder
+    from gptspec.training.classify_backend import NumpyClassifierBackend, load_classifier
+    from gptspec.training.classify_data import encode_rows, label_set, read_rows, special_ids
+    from gptspec.training.data import BatchOrder, Document
+    from gptspec.training.loop import Interrupted, LoopOptions, run_loop
+
+    say = print
+    rank, world_size = distributed_rank()
+    opts, free = resolve_options(args, RUN_DEFAULTS, FREE_DEFAULTS, {}, {})
+    out = args.resume or args.out
+    if out is None:
+        raise ValueError("--out DIR is required: the run's folder")
+    check_numbers({**opts, "valid_fraction": 0}, free)
+    if opts["lm_coef"] < 0:
+        raise ValueError(f"--lm-coef must be >= 0, got {opts['lm_coef']}")
+    columns = (opts["text_column"], opts["label_column"])
+    train_rows = read_rows(opts["data"], columns=columns, argument="--data")
+    valid_rows = read_rows(opts["valid"], columns=columns, argument="--valid") if opts["valid"] else None
+    labels = label_set(train_rows)
+    folder = RunFolder(out)
+    start_state = None
+    if args.resume:
+        checkpoint, start_state, note = folder.latest()
+        if note:
+            say(note)
+        config, params, head, saved = load_classifier(checkpoint)
+        tokenizer = ref_numpy.Tokenizer.from_dir(checkpoint)
+        special = saved["special_tokens"]
+    else:
+        config, params, tokenizer = setup.build_model(opts, [Document(t) for t, _, _ in train_rows], say)
+        special = special_ids(tokenizer.n_vocab)
+        tokenizer = type(tokenizer)({**tokenizer.vocab, **special}, tokenizer.ranks, name=tokenizer.name)
+        params = ref_numpy.add_tokens(params, len(special))
+        config = config.replace(n_vocab=tokenizer.n_vocab)
+        head = ref_numpy.init_classifier(config, len(labels), opts["seed"])
+    if opts["seq_len"] is None:
+        longest = max(len(tokenizer.encode_ordinary(t)) for t, _, _ in train_rows + (valid_rows or []))
+        opts["seq_len"] = min(config.n_ctx, longest + 2)
+    if opts["seq_len"] > config.n_ctx:
+        raise ValueError(f"--seq-len {opts['seq_len']} is longer than the model's context n_ctx={config.n_ctx}")
+    train = encode_rows(train_rows, tokenizer, special, labels, seq_len=opts["seq_len"], argument="--data")
+    valid = (encode_rows(valid_rows, tokenizer, special, labels, seq_len=opts["seq_len"], argument="--valid")
+             if valid_rows else None)
+    for note in train.notes + (valid.notes if valid else []):
+        say(note)
+    steps_per_epoch = max(1, math.ceil(len(train) / opts["batch_size"]))
+    if opts["steps"] is None:
+        opts["steps"] = max(1, math.ceil((opts["epochs"] or DEFAULT_EPOCHS) * steps_per_epoch))
+    identity = {"options": opts, "free": free, "config": config.to_dict(), "labels": labels}
+    if args.resume:
+        if folder.identity()["config"] != identity["config"]:
+            raise ValueError(f"--resume {out}: the checkpoint's config is not the run's")
+    elif rank == 0:
+        folder.start(identity, overwrite=bool(args.overwrite))
+    hyper = Hyper(lr=opts["lr"], total_steps=opts["steps"], warmup_steps=opts["warmup"], min_lr=opts["min_lr"],
+                  schedule=opts["schedule"], weight_decay=opts["weight_decay"],
+                  max_grad_norm=opts["max_grad_norm"] or None, seed=opts["seed"])
+    backend = NumpyClassifierBackend(config, params, head, hyper, lm_coef=opts["lm_coef"], labels=labels,
+                                     special=special)
+    if start_state is not None:
+        backend.read_files(checkpoint)
+        order = BatchOrder.from_state(start_state["data"])
+    else:
+        order = BatchOrder(len(train), opts["seed"])
+    say(f"fine-tuning {config.arch} ({config.n_layer} layers) on {len(train)} rows, {len(labels)} labels "
+        f"{labels}, {opts['steps']} steps of {opts['batch_size']}")
+
+    def save(step: int) -> None:
+        def write_files(target: Path) -> None:
+            backend.write_files(target)
+            setup.write_tokenizer(tokenizer, target)
+        folder.save(step, write_files, {"data": order.state(), "backend": backend.name})
+
+    options = LoopOptions(total_steps=opts["steps"], batch_size=opts["batch_size"], grad_accum=opts["grad_accum"],
+                          eval_every=free["eval_every"] or steps_per_epoch, save_every=free["save_every"],
+                          progress=args.progress if args.progress is not None else sys.stderr.isatty(),
+                          rank=rank, world_size=world_size, keep_best="valid_accuracy" if valid else None)
+    try:
+        summary = run_loop(backend, train, valid, order, options, folder,
+                           start_step=start_state["step"] if start_state else 0, save=save, say=say)
+    except Interrupted as stop:
+        print(f"gptspec finetune: {stop}", file=sys.stderr)
+        return 130
+    say(f"fine-tuned to step {summary['steps']} in {summary['seconds']:.1f} s; latest checkpoint in {out}")
+    if summary["before"] and summary["after"]:
+        say(f"held-out accuracy: {summary['before']['valid_accuracy']:.3f} before, "
+            f"{summary['after']['valid_accuracy']:.3f} after")
+    best = folder.path / "best.json"
+    if best.is_file():
+        say(f"best held-out accuracy kept: {best.read_text().strip()}")
+    return 0
+
+
+def classify_texts(folder, texts: list[str]) -> tuple[list[str], np.ndarray]:
+    """(labels, probabilities [len(texts), n_labels]) of a fine-tuned checkpoint on `texts`."""
+    import ref_numpy
+    from gptspec.training.backends import Hyper
+    from gptspec.training.classify_backend import NumpyClassifierBackend, load_classifier
+    from gptspec.training.classify_data import encode_rows
+
+    config, params, head, saved = load_classifier(folder)
+    tokenizer = ref_numpy.Tokenizer.from_dir(folder)
+    labels = saved["labels"]
+    rows = [(t, labels[0], f"text {i + 1}") for i, t in enumerate(texts)]
+    longest = max(len(tokenizer.encode_ordinary(t)) for t in texts)
+    encoded = encode_rows(rows, tokenizer, saved["special_tokens"], labels, seq_len=min(config.n_ctx, longest + 2),
+                          argument="text")
+    backend = NumpyClassifierBackend(config, params, head, Hyper(lr=1.0, total_steps=1), lm_coef=0.0,
+                                     labels=labels, special=saved["special_tokens"])
+    return labels, backend.probabilities(encoded.ids, encoded.positions, encoded.attention_mask)

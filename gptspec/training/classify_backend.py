@@ -1,0 +1,124 @@
+"""The NumPy spec's fine-tuning backend: GPT-1's classifier head and its combined loss.
+
+One update: ref_numpy.classifier_loss_and_grads on each micro-batch (loss = classification
+cross-entropy + lm_coef x the rows' LM loss), weighted by its share of the batch's rows;
+clip_grad_norm over the model's and the head's gradients together; adamw_step on both (AdamW is
+element-wise, so two states with the same step count are one optimizer). Held-out metrics: the
+classification loss and the accuracy.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+import ref_numpy
+
+from .backends import Hyper, StepResult, load_tree, save_tree
+
+HEAD_FILE = "classifier_head.npz"
+LABELS_FILE = "labels.json"
+
+
+class NumpyClassifierBackend:
+    name = "numpy"
+
+    def __init__(self, config, params: dict, head: dict, hyper: Hyper, *, lm_coef: float, labels: list[str],
+                 special: dict[str, int]):
+        self.config, self.hyper, self.lm_coef = config, hyper, lm_coef
+        self.labels, self.special = labels, special
+        self.params = ref_numpy.cast_params(params, np.float32)
+        self.head = {name: np.asarray(value, np.float32) for name, value in head.items()}
+        self.optimizer = {"model": ref_numpy.adamw_init(self.params), "head": ref_numpy.adamw_init(self.head)}
+
+    def train_step(self, step: int, micro_batches) -> StepResult:
+        total = sum(len(ids) for ids, *_ in micro_batches)
+        loss, grads, head_grads = 0.0, None, None
+        for ids, labels, positions, mask in micro_batches:
+            share = len(ids) / total
+            micro_loss, g, hg = ref_numpy.classifier_loss_and_grads(
+                self.config, self.params, self.head, ids, labels, positions, attention_mask=mask,
+                lm_coef=self.lm_coef)
+            loss += share * float(micro_loss)
+            grads = _add_scaled(grads, g, share)
+            head_grads = _add_scaled(head_grads, hg, share)
+        both = {"model": grads, "head": head_grads}
+        if self.hyper.max_grad_norm is not None:
+            both, norm = ref_numpy.clip_grad_norm(both, self.hyper.max_grad_norm)
+        else:
+            norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64)))
+                               for g in ref_numpy.flatten_params(both).values()))
+        lr = self.hyper.lr_at(step)
+        settings = dict(lr=lr, betas=self.hyper.betas, eps=self.hyper.eps, weight_decay=self.hyper.weight_decay)
+        self.params, self.optimizer["model"] = ref_numpy.adamw_step(self.params, both["model"],
+                                                                    self.optimizer["model"], **settings)
+        self.head, self.optimizer["head"] = ref_numpy.adamw_step(self.head, both["head"], self.optimizer["head"],
+                                                                 **settings)
+        return StepResult(loss=loss, grad_norm=float(norm), lr=lr)
+
+    def probabilities(self, ids, positions, attention_mask=None) -> np.ndarray:
+        """[B, n_classes] softmax of the head's logits."""
+        logits = np.asarray(ref_numpy.classifier_logits(self.config, self.params, self.head, ids, positions,
+                                                        attention_mask=attention_mask), np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=-1, keepdims=True)
+
+    def evaluate(self, rows, batch_rows: int) -> dict:
+        """Held-out classification loss (mean -log p(label)) and accuracy."""
+        nll, correct = 0.0, 0
+        for start in range(0, len(rows), batch_rows):
+            ids, labels, positions, mask = rows.rows(slice(start, start + batch_rows))
+            p = self.probabilities(ids, positions, mask)
+            nll -= float(np.sum(np.log(np.maximum(p[np.arange(len(labels)), labels], 1e-300))))
+            correct += int(np.sum(p.argmax(axis=-1) == labels))
+        return {"valid_loss": nll / len(rows), "valid_accuracy": correct / len(rows)}
+
+    def params_numpy(self) -> dict:
+        return self.params
+
+    def write_files(self, folder: Path) -> None:
+        import weights
+
+        weights.save(self.params, self.config, folder, format="safetensors")
+        with open(folder / HEAD_FILE, "wb") as f:
+            np.savez(f, **self.head)
+        (folder / LABELS_FILE).write_text(json.dumps({"labels": self.labels, "special_tokens": self.special,
+                                                      "lm_coef": self.lm_coef}, indent=2) + "\n", encoding="utf-8")
+        save_tree(self.optimizer, folder / "optimizer.npz", folder / "optimizer.json")
+
+    def read_files(self, folder: Path) -> None:
+        config, params, head, labels = load_classifier(folder)
+        if config != self.config or labels["labels"] != self.labels:
+            raise ValueError(f"{folder} holds another model or label set than this run's")
+        for name in ("optimizer.npz", "optimizer.json"):
+            if not (folder / name).is_file():
+                raise ValueError(f"{folder} has no optimizer state ({name} is missing): it cannot be resumed")
+        self.params, self.head = params, head
+        self.optimizer = load_tree(folder / "optimizer.npz", folder / "optimizer.json")
+
+
+def load_classifier(folder) -> tuple:
+    """(config, params, head, {"labels", "special_tokens", "lm_coef"}) of a fine-tuned checkpoint."""
+    import weights
+
+    folder = Path(folder)
+    for name in (HEAD_FILE, LABELS_FILE):
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder} is not a fine-tuned classifier: {name} is missing (make one with "
+                             f"`gptspec finetune`)")
+    config, params = weights.load(folder)
+    with np.load(folder / HEAD_FILE, allow_pickle=False) as stored:
+        head = {name: stored[name] for name in stored.files}
+    return config, params, head, json.loads((folder / LABELS_FILE).read_text(encoding="utf-8"))
+
+
+def _add_scaled(total, grads, share):
+    flat = ref_numpy.flatten_params(grads)
+    if total is None:
+        return ref_numpy.unflatten_params({k: g * g.dtype.type(share) for k, g in flat.items()})
+    summed = ref_numpy.flatten_params(total)
+    for k, g in flat.items():
+        summed[k] += g * g.dtype.type(share)
+    return ref_numpy.unflatten_params(summed)

@@ -113,6 +113,8 @@ def run(args) -> int:
     steps_per_epoch = max(1, math.ceil(len(train) / opts["batch_size"]))
     if opts["steps"] is None:
         opts["steps"] = max(1, math.ceil((opts["epochs"] or DEFAULT_EPOCHS) * steps_per_epoch))
+    if opts["warmup"] > opts["steps"]:
+        raise ValueError(f"--warmup {opts['warmup']} is longer than the run ({opts['steps']} steps)")
     identity = {"options": opts, "free": free, "config": config.to_dict(), "labels": labels}
     if args.resume:
         if folder.identity()["config"] != identity["config"]:

@@ -193,6 +193,8 @@ def run(args) -> int:
         opts["backend"] = setup.default_backend()
     if opts["steps"] is None:
         opts["steps"] = max(1, math.ceil((opts["epochs"] or 1) * len(train) / opts["batch_size"]))
+    if opts["warmup"] > opts["steps"]:
+        raise ValueError(f"--warmup {opts['warmup']} is longer than the run ({opts['steps']} steps)")
     identity = {"options": opts, "free": free, "config": config.to_dict(),
                 "data_sha256": setup.data_fingerprint(train, valid)}
     if args.resume:

@@ -11,7 +11,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .config import GPTConfig
-from .model import forward
+from .model import forward_unchecked
+from .params import check_params
 from .sampling import TOP_P_CONVENTIONS, next_tokens
 from .validation import as_attention_mask, as_token_ids, check_generation_args
 
@@ -21,12 +22,16 @@ Step = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def numpy_step(config: GPTConfig, params: dict) -> Step:
-    """A step function running `forward` with a growing KV cache."""
+    """A step function running `forward` with a growing KV cache.
+
+    The params are checked against the config here, once (check_params raises ValueError), not
+    at every token: the per-token forward skips the check (forward_unchecked)."""
+    check_params(config, params)
     past = None
 
     def step(new_ids, attention_mask):
         nonlocal past
-        logits, past = forward(config, params, new_ids, attention_mask=attention_mask, past=past)
+        logits, past = forward_unchecked(config, params, new_ids, attention_mask=attention_mask, past=past)
         return logits[:, -1]
 
     return step
@@ -96,6 +101,7 @@ def generate(config: GPTConfig, params: dict, ids, max_new_tokens, *, temperatur
 
     Returns the prompt followed by the new tokens, [B, T + n] (or [T + n]), n <= max_new_tokens.
     prompt length + max_new_tokens must fit in n_ctx: this raises rather than truncating.
+    Params that do not fit the config raise ValueError (checked once, by numpy_step).
     """
     stream = decode_stream(numpy_step(config, params), config, ids, max_new_tokens, temperature=temperature,
                            top_k=top_k, top_p=top_p, greedy=greedy, seed=seed, eos_id=eos_id,

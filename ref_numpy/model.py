@@ -7,6 +7,7 @@ import numpy as np
 
 from .config import GPTConfig
 from .layers import causal_mask, gpt1_block, gpt2_block, layer_norm, padding_mask
+from .params import check_params
 from .validation import (as_attention_mask, as_position_ids, as_token_ids, check_length,
                          default_position_ids, past_length)
 
@@ -68,8 +69,18 @@ def forward(config: GPTConfig, params: dict, ids, *, attention_mask=None, past=N
                    "blocks.{i}.out", "ln_f", "logits") for layer-by-layer comparison.
 
     Returns (logits [B, T, n_vocab], present), present being the cache extended by these T
-    tokens.  The computation runs in the dtype of the parameters.
+    tokens.  The computation runs in the dtype of the parameters.  Params that do not fit the
+    config (check_params: a missing, extra or mis-shaped array) raise ValueError.
     """
+    check_params(config, params)
+    return forward_unchecked(config, params, ids, attention_mask=attention_mask, past=past,
+                             position_ids=position_ids, trace=trace)
+
+
+def forward_unchecked(config: GPTConfig, params: dict, ids, *, attention_mask=None, past=None, position_ids=None,
+                      trace=None):
+    """`forward` without check_params, for a caller that checked the params once and then runs
+    the model many times: generation's per-token step (numpy_step).  Inputs are still checked."""
     inputs = prepare_inputs(config, ids, attention_mask=attention_mask, past=past, position_ids=position_ids)
     batch, n_new = inputs.ids.shape
     x = embed(params, inputs.ids, inputs.position_ids)  # [B, T, C]

@@ -80,22 +80,47 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
 
 
 def check_params(config: GPTConfig, params: dict) -> None:
-    """Raise ValueError naming the first missing, extra or mis-shaped array, or a mixed dtype."""
+    """Raise ValueError naming the first missing, extra or mis-shaped array, or a mixed dtype.
+
+    Every entry point that runs the spec with a config and params calls this (forward, generate
+    once per call, loss_and_grads, weights.load against the checkpoint's own config,
+    ms_backend.GPTModel), so params of another model cannot run silently: n_layer=3 over 1-layer
+    params, n_embd=64 over 32-wide ones, a GPT-1 config over GPT-2 params (ln_f) or the reverse.
+    Arrays are checked in expected_shapes' order (wte, wpe, blocks.0..., ln_f), so the message
+    names the first that does not fit, with its shape and the expected one.
+
+    What it cannot check: n_head.  Heads only split C = n_head x head_dim inside attention; no
+    array's shape depends on how C is split, so params of a 12-head model run under n_head=6 (and
+    compute something else).  n_head must come from the same source as the params: the weight
+    loaders read it from the checkpoint's own config (hparams.json, config.json, gptspec.json).
+    """
     if not isinstance(params, dict):
         raise ValueError(f"params must be a dict, got {type(params).__name__}")
     flat = flatten_params(params)
     expected = expected_shapes(config)
+    n_blocks = len(params.get("blocks", ())) if isinstance(params.get("blocks", ()), (list, tuple)) else None
     for name, shape in expected.items():
         if name not in flat:
-            raise ValueError(f"params is missing {name!r} (expected shape {shape}) for {config}")
+            hint = ""
+            if name.startswith("blocks.") and n_blocks is not None and n_blocks < config.n_layer:
+                hint = f": params have {n_blocks} block(s), the config n_layer={config.n_layer}"
+            elif name.startswith("ln_f."):
+                hint = ": GPT-2 has a final LayerNorm, GPT-1 has none (GPT-1 params under a GPT-2 config?)"
+            raise ValueError(f"params is missing {name!r} (expected shape {shape}) for {config}{hint}")
         array = flat[name]
         if not isinstance(array, np.ndarray):
             raise ValueError(f"params[{name!r}] must be a numpy array, got {type(array).__name__}")
         if array.shape != shape:
-            raise ValueError(f"params[{name!r}] has shape {array.shape}, expected {shape}")
-    extra = sorted(set(flat) - set(expected))
+            raise ValueError(f"params[{name!r}] has shape {array.shape}, expected {shape} for {config}")
+    extra = [name for name in flat if name not in expected]  # in the params' own order
     if extra:
-        raise ValueError(f"params has unexpected array(s) for arch {config.arch!r}: {', '.join(extra[:5])}")
+        hint = ""
+        if any(n.startswith("blocks.") for n in extra):
+            hint = f": params have {n_blocks} block(s), the config n_layer={config.n_layer}"
+        elif config.arch == "gpt1" and any(n.startswith("ln_f.") for n in extra):
+            hint = ": GPT-1 has no final LayerNorm (GPT-2 params under a GPT-1 config?)"
+        raise ValueError(f"params has unexpected array {extra[0]!r} (shape {tuple(np.shape(flat[extra[0]]))})"
+                         f"{f' and {len(extra) - 1} more' if len(extra) > 1 else ''} for {config}{hint}")
     dtype = flat["wte"].dtype
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"params['wte'] has dtype {dtype}; parameters must be floating point")

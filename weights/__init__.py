@@ -56,6 +56,11 @@ def load(path_or_name, *, check_finite: bool = False, verify_crc: bool = True):
     check_finite: refuse NaN/Inf in any tensor (reads every value).
     verify_crc: check the CRC-32C of every tensor of a TensorFlow checkpoint (the index's own
     block CRCs are always checked).
+
+    The config is the checkpoint's own (hparams.json, config.json, gptspec.json; GPT-1: the
+    shapes), and every tensor is checked against it (ref_numpy.check_params: CheckpointError
+    naming the first tensor that does not fit).  n_head is the one field no tensor shape shows
+    (heads split C inside attention), so it is only ever read from that config, never inferred.
     """
     folder = cache.resolve(path_or_name)
     fmt = detect(folder)

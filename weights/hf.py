@@ -41,6 +41,7 @@ GPT2_ATTENTION = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx":
 
 
 def read_config(folder: Path) -> ref_numpy.GPTConfig:
+    """GPTConfig from config.json.  n_head comes from here only: no tensor shape shows it."""
     path = folder / CONFIG
     values = read_json(path, "Hugging Face model config")
     model_type = values.get("model_type")

@@ -34,7 +34,8 @@ def _mindspore():
 
 
 def read_marker(folder: Path) -> tuple[ref_numpy.GPTConfig, Path]:
-    """The config and the checkpoint path named by gptspec.json."""
+    """The config and the checkpoint path named by gptspec.json (n_head comes from here only:
+    no tensor shape shows it)."""
     path = folder / MARKER
     values = read_json(path, "gptspec MindSpore checkpoint description")
     if values.get("format") != FORMAT_TAG:

@@ -64,7 +64,8 @@ def read_shapes(folder: Path) -> list[tuple[int, ...]]:
 
 
 def read_config(folder: Path, shapes: list[tuple[int, ...]]):
-    """GPTConfig from the shapes: positions [n_ctx, C], tokens [n_vocab, C]; n_head as documented."""
+    """GPTConfig from the shapes: positions [n_ctx, C], tokens [n_vocab, C].  n_head is the one
+    field no shape shows: hparams.json's if the folder has one, else the release's documented 12."""
     n_ctx, n_embd = shapes[0][0], shapes[0][-1]
     n_head, source = RELEASE_N_HEAD, folder / SHAPES_FILE
     if (folder / "hparams.json").is_file():

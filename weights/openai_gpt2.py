@@ -31,6 +31,7 @@ def openai_name(name: str) -> str:
 
 
 def read_config(folder: Path) -> ref_numpy.GPTConfig:
+    """GPTConfig from hparams.json.  n_head comes from here only: no tensor shape shows it."""
     path = folder / HPARAMS
     hparams = read_json(path, "OpenAI GPT-2 hyper-parameters")
     fields = {key: config_value(hparams, key, path) for key in HPARAM_KEYS}

@@ -270,3 +270,40 @@ def backward_reorder_bound(config, dtype, n_tokens: int) -> Bound:
     they differ by at most twice that."""
     one_side = backward_bound(config, dtype, n_tokens)
     return Bound(2 * one_side.value, f"2 x backward bound ({one_side.reason})")
+
+
+# Optimizer (issue 11): ref_numpy.adamw_step / clip_grad_norm against torch, same dtype on both sides
+# ---------------------------------------------------------------------------------------------------
+# One AdamW step rounds each element about 12 times, but only 2 of those roundings are at the
+# parameter's scale: the decay product p (1 - lr wd) and the subtraction p - update.  The other ~10
+# (m = b1 m + (1-b1) g: 3, v = b2 v + (1-b2) g^2: 4, sqrt, / sqrt(1 - b2^t), + eps, m / denom,
+# x step size) are relative errors of the update, whose size is at most lr x |m_hat / sqrt(v_hat)|
+# <= lr x (1-b1) / sqrt(1-b2) ~ 3 lr (the largest ratio a moment pair can reach; ~lr in practice).
+# Errors of earlier steps are carried on undamped (p's own error passes with factor 1 - lr wd <= 1;
+# m's and v's relative errors reach p only through the update), so after S steps each side is
+# within S x (2 + 10 x 3 lr) u of max(1, max|p|); two independent sides, times SAFETY.  A bug in the
+# update (eps placement, a missing bias correction, decay on the wrong tensors) moves parameters by
+# a fraction of lr, far above this.
+ADAMW_PARAM_ROUNDINGS, ADAMW_UPDATE_ROUNDINGS, ADAMW_MAX_UPDATE_PER_LR = 2, 10, 3.0
+
+
+def optimizer_bound(dtype, n_steps: int, max_lr: float) -> Bound:
+    """Parameters after `n_steps` AdamW steps (learning rates <= max_lr) of the spec vs
+    torch.optim.AdamW, both in `dtype`, relative to max(1, max|reference parameter|)."""
+    u = unit_roundoff(dtype)
+    per_step = ADAMW_PARAM_ROUNDINGS + ADAMW_UPDATE_ROUNDINGS * ADAMW_MAX_UPDATE_PER_LR * max_lr
+    value = 2 * SAFETY * n_steps * per_step * u
+    return Bound(value, f"2 sides x {SAFETY:g} x (steps={n_steps}) x ({ADAMW_PARAM_ROUNDINGS} roundings at |p| + "
+                        f"{ADAMW_UPDATE_ROUNDINGS} at the update's scale <= {ADAMW_MAX_UPDATE_PER_LR:g} x "
+                        f"lr={max_lr:g}) x u={u:.2g}")
+
+
+def grad_norm_bound(dtype, n_elements: int, n_tensors: int) -> Bound:
+    """A global gradient norm (or gradients scaled by max_norm / norm) computed by two implementations
+    in `dtype`: a sum of n_elements squares (positive terms, no cancellation: sqrt(n) u for
+    random-sign roundings), the per-tensor norms' squares summed again (n_tensors), a sqrt and
+    the scaling (2 more), on each of 2 sides, times SAFETY; relative to max(1, |reference|)."""
+    u = unit_roundoff(dtype)
+    value = 2 * SAFETY * (math.sqrt(n_elements) + math.sqrt(n_tensors) + 2) * u
+    return Bound(value, f"2 sides x {SAFETY:g} x (sqrt(N={n_elements}) + sqrt(tensors={n_tensors}) + 2) "
+                        f"x u={u:.2g}")

@@ -43,3 +43,5 @@ __all__ += ["cross_entropy", "cross_entropy_backward", "log_sum_exp", "check_tar
 # Training data, optimizer and fine-tuning head (issue 11): data.py, optim.py, classifier.py.
 from .data import pad_or_truncate, shift_targets  # noqa: E402
 __all__ += ["pad_or_truncate", "shift_targets"]
+from .optim import adamw_init, adamw_step, clip_grad_norm, lr_at  # noqa: E402
+__all__ += ["adamw_init", "adamw_step", "clip_grad_norm", "lr_at"]

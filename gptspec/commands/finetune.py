@@ -97,7 +97,7 @@ def run(args) -> int:
         config, params, tokenizer = setup.build_model(opts, [Document(t) for t, _, _ in train_rows], say)
         special = special_ids(tokenizer.n_vocab)
         tokenizer = type(tokenizer)({**tokenizer.vocab, **special}, tokenizer.ranks, name=tokenizer.name)
-        params = ref_numpy.add_tokens(params, len(special))
+        params = ref_numpy.add_tokens(params, len(special), seed=opts["seed"])
         config = config.replace(n_vocab=tokenizer.n_vocab)
         head = ref_numpy.init_classifier(config, len(labels), opts["seed"])
     if opts["seq_len"] is None:

@@ -45,3 +45,5 @@ from .data import pad_or_truncate, shift_targets  # noqa: E402
 __all__ += ["pad_or_truncate", "shift_targets"]
 from .optim import adamw_init, adamw_step, clip_grad_norm, lr_at  # noqa: E402
 __all__ += ["adamw_init", "adamw_step", "clip_grad_norm", "lr_at"]
+from .classifier import add_tokens, classifier_logits, classifier_loss_and_grads, init_classifier  # noqa: E402
+__all__ += ["init_classifier", "classifier_logits", "classifier_loss_and_grads", "add_tokens"]

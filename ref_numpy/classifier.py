@@ -1,0 +1,203 @@
+"""GPT-1's fine-tuning: a linear classifier on the hidden state of a classify token (works on GPT-2).
+
+Radford et al. (2018), section 3.2: a task's input is written as one token sequence, e.g.
+`_start_ text _classify_`, the model runs over it, and a linear layer reads the final hidden
+state at the `_classify_` token:
+
+    hidden = model(ids)                   [B, T, C]   (after ln_f for GPT-2; GPT-1 has none)
+    h      = hidden[b, clf_positions[b]]  [B, C]      one position per row
+    logits = h @ head["w"] + head["b"]    [B, n_classes]
+
+Training minimises L3 = L2 + lm_coef * L1: the classification cross-entropy L2 plus the language-
+modelling loss L1 of the same rows (ids[:, :-1] predicting ids[:, 1:], padding ignored as in
+shift_targets), with lm_coef = 0.5 in OpenAI's code.  Both losses read the same forward pass, so
+their gradients meet in d hidden and flow back through the model once.
+
+The three special tokens are new rows of wte (add_tokens); the head starts as OpenAI's `clf`
+layer: w ~ N(0, 0.02), b = 0 (init_classifier).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backward import lm_head_backward
+from .config import GPTConfig
+from .data import shift_targets
+from .loss import cross_entropy, cross_entropy_backward
+from .model import lm_head, prepare_inputs
+from .params import check_params
+from .train import apply_dropout, dropout_scale, train_backward, train_forward
+from .validation import check_dropout
+
+INIT_STD = 0.02  # OpenAI's clf head and every GPT weight matrix
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def init_classifier(config: GPTConfig, n_classes: int, seed: int = 0, *, dtype=np.float32) -> dict:
+    """A new head {"w": [C, n_classes] ~ N(0, 0.02), "b": [n_classes] = 0} (drawn in float32, then
+    cast, like init_params).  n_classes >= 2: the head's softmax runs over the classes of each row,
+    and with one class it is always 1 (a zero loss, nothing to learn).  (OpenAI's ROCStories head has
+    one output because it scores each candidate ending as its own row and takes the softmax across
+    the rows of a pair; write such a task as one row per pair with 2 classes, or score with
+    classifier_logits.)"""
+    if not _is_int(n_classes) or n_classes < 2:
+        raise ValueError(f"n_classes must be an int >= 2 (a softmax over one class is constant), got {n_classes!r}")
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((config.n_embd, n_classes), dtype=np.float32) * np.float32(INIT_STD)
+    return {"w": w.astype(dtype), "b": np.zeros(n_classes, dtype=dtype)}
+
+
+def add_tokens(params: dict, n: int, seed: int = 0) -> dict:
+    """params with wte grown by n rows ~ N(0, 0.02), as wte was initialised (GPT-1's `_start_`,
+    `_delimiter_`, `_classify_`).  The new ids are old n_vocab .. old n_vocab + n - 1.
+
+    Returns a new params dict; wte is a new [n_vocab + n, C] array, every other array is shared with
+    the input (not copied).  The config must grow with it: `config.replace(n_vocab=config.n_vocab + n)`.
+    """
+    if not _is_int(n) or n < 1:
+        raise ValueError(f"n must be an int >= 1 (the number of new tokens), got {n!r}")
+    if not isinstance(params, dict) or not isinstance(params.get("wte"), np.ndarray) or params["wte"].ndim != 2:
+        raise ValueError("params must be a model's params dict with a 2-D 'wte' [n_vocab, C]")
+    wte = params["wte"]
+    rng = np.random.default_rng(seed)
+    new_rows = rng.standard_normal((n, wte.shape[1]), dtype=np.float32) * np.float32(INIT_STD)
+    return {**params, "wte": np.concatenate([wte, new_rows.astype(wte.dtype)], axis=0)}
+
+
+def check_head(config: GPTConfig, head, dtype) -> int:
+    """head {"w": [C, n], "b": [n]} in the params' dtype, n >= 2; returns n_classes."""
+    if not isinstance(head, dict) or set(head) != {"w", "b"}:
+        raise ValueError(f"head must be a dict with exactly 'w' [n_embd, n_classes] and 'b' [n_classes], got "
+                         f"{sorted(head) if isinstance(head, dict) else type(head).__name__}")
+    w, b = head["w"], head["b"]
+    if not isinstance(w, np.ndarray) or w.ndim != 2 or w.shape[0] != config.n_embd:
+        raise ValueError(f"head['w'] has shape {getattr(w, 'shape', None)}, expected [n_embd={config.n_embd}, "
+                         f"n_classes]")
+    n_classes = w.shape[1]
+    if n_classes < 2:
+        raise ValueError(f"head['w'] has {n_classes} class column(s): need n_classes >= 2")
+    if not isinstance(b, np.ndarray) or b.shape != (n_classes,):
+        raise ValueError(f"head['b'] has shape {getattr(b, 'shape', None)}, expected [n_classes={n_classes}]")
+    for name, array in head.items():
+        if array.dtype != dtype:
+            raise ValueError(f"head[{name!r}] has dtype {array.dtype}, but the params have {dtype}: use one dtype")
+    return n_classes
+
+
+def check_positions(clf_positions, attention_mask, batch: int, n_tokens: int) -> np.ndarray:
+    """clf_positions int [B]: each row's classify token, in [0, T) and not on padding."""
+    pos = np.asarray(clf_positions)
+    if pos.dtype == bool or not np.issubdtype(pos.dtype, np.integer):
+        raise TypeError(f"clf_positions must be integers, got dtype {pos.dtype}")
+    if pos.shape != (batch,):
+        raise ValueError(f"clf_positions has shape {pos.shape}, expected one position per row: ({batch},)")
+    outside = (pos < 0) | (pos >= n_tokens)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"clf_positions[{row}] = {pos[row]} is outside the row's positions [0, {n_tokens})")
+    if attention_mask is not None:
+        on_padding = attention_mask[np.arange(batch), pos] == 0
+        if on_padding.any():
+            row = int(np.flatnonzero(on_padding)[0])
+            raise ValueError(f"clf_positions[{row}] = {pos[row]} is a padding slot (attention_mask is 0 there): "
+                             f"the classify token must be a real token")
+    return pos.astype(np.int64)
+
+
+def check_labels(labels, batch: int, n_classes: int) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"labels must be integer class indices, got dtype {arr.dtype}")
+    if arr.shape != (batch,):
+        raise ValueError(f"labels has shape {arr.shape}, expected one label per row: ({batch},)")
+    bad = (arr < 0) | (arr >= n_classes)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"labels[{row}] = {arr[row]} is outside the classes [0, {n_classes})")
+    return arr.astype(np.int64)
+
+
+def _checked(config, params, head, ids, clf_positions, attention_mask):
+    check_params(config, params)
+    n_classes = check_head(config, head, params["wte"].dtype)
+    inputs = prepare_inputs(config, ids, attention_mask=attention_mask)
+    batch, n_tokens = inputs.ids.shape
+    positions = check_positions(clf_positions, inputs.attention_mask, batch, n_tokens)
+    return inputs, positions, n_classes
+
+
+def classifier_logits(config: GPTConfig, params: dict, head: dict, ids, clf_positions, *, attention_mask=None):
+    """logits [B, n_classes] of the head on the hidden state at each row's classify token.
+    ids int [B, T]; clf_positions int [B]; attention_mask 0/1 [B, T] (left or right padding) or None."""
+    inputs, positions, _ = _checked(config, params, head, ids, clf_positions, attention_mask)
+    hidden, _ = train_forward(config, params, inputs.ids, attention_mask=inputs.attention_mask)
+    h = hidden[np.arange(len(positions)), positions]  # [B, C]
+    return h @ head["w"] + head["b"]
+
+
+def classifier_loss_and_grads(config: GPTConfig, params: dict, head: dict, ids, labels, clf_positions, *,
+                              attention_mask=None, lm_coef=0.5, dropout=0.0, seed=None):
+    """GPT-1's fine-tuning loss L3 = L2 + lm_coef * L1 and its gradients, from one forward pass.
+
+    ids int [B, T]; labels int [B] in [0, n_classes); clf_positions int [B] (the classify token of
+    each row, a real token); attention_mask 0/1 [B, T] or None; lm_coef >= 0 (0.5 in OpenAI's code;
+    0 skips the LM loss and its [B, T, V] logits).  dropout p (model dropout as in loss_and_grads,
+    plus, as in OpenAI's code, on the classifier's input h) with masks from default_rng(seed), the
+    head's mask drawn after the model's.
+
+        L2 = mean over rows of -log softmax(h @ w + b)[label]
+        L1 = mean over the counted targets of all rows of -log softmax(logits)[next token]
+             (a token mean, so a long row weighs more; OpenAI averages each row first)
+
+    Returns (loss: float, grads with the structure of params, head_grads {"w", "b"})."""
+    inputs, positions, n_classes = _checked(config, params, head, ids, clf_positions, attention_mask)
+    ids, mask = inputs.ids, inputs.attention_mask
+    batch, n_tokens = ids.shape
+    labels = check_labels(labels, batch, n_classes)
+    if isinstance(lm_coef, bool) or not isinstance(lm_coef, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(lm_coef) or lm_coef < 0:
+        raise ValueError(f"lm_coef must be a finite number >= 0, got {lm_coef!r}")
+    dropout = check_dropout(dropout)
+    lm_targets = None
+    if lm_coef > 0:
+        if n_tokens < 2:
+            raise ValueError("ids has one token per row: the LM loss needs at least 2 (or pass lm_coef=0)")
+        _, lm_targets, _ = shift_targets(ids, mask)
+        if (lm_targets == -100).all():
+            raise ValueError("no row has two real tokens in a row: the LM loss has no targets (pass lm_coef=0)")
+
+    rng = np.random.default_rng(seed)
+    hidden, tape = train_forward(config, params, ids, attention_mask=mask, dropout=dropout, rng=rng)  # [B, T, C]
+    rows = np.arange(batch)
+    clf_drop = dropout_scale((batch, config.n_embd), dropout, rng, hidden.dtype)
+    h = apply_dropout(hidden[rows, positions], clf_drop)  # [B, C]
+    clf_logits = h @ head["w"] + head["b"]  # [B, n]
+    loss = cross_entropy(clf_logits, labels)
+
+    # backward: the classification loss
+    d_clf_logits = cross_entropy_backward(clf_logits, labels)  # [B, n]
+    head_grads = {"w": h.T @ d_clf_logits, "b": d_clf_logits.sum(axis=0)}
+    d_h = apply_dropout(d_clf_logits @ head["w"].T, clf_drop)  # [B, C]
+    d_hidden = np.zeros_like(hidden)
+    d_hidden[rows, positions] = d_h  # one classify position per row
+
+    d_wte_head = None
+    if lm_targets is not None:  # the LM loss of the same rows: hidden[:, :-1] predicts ids[:, 1:]
+        lm_hidden = hidden[:, :-1]
+        lm_logits = lm_head(params, lm_hidden)  # [B, T-1, V]
+        loss += lm_coef * cross_entropy(lm_logits, lm_targets)
+        d_lm_logits = cross_entropy_backward(lm_logits, lm_targets) * hidden.dtype.type(lm_coef)
+        d_lm_hidden, d_wte_head = lm_head_backward(d_lm_logits, lm_hidden, params["wte"])
+        d_hidden[:, :-1] += d_lm_hidden
+
+    grads = train_backward(config, params, tape, d_hidden)
+    if d_wte_head is not None:
+        grads["wte"] += d_wte_head  # the tied head's share
+    return float(loss), grads, head_grads

@@ -307,3 +307,28 @@ def grad_norm_bound(dtype, n_elements: int, n_tensors: int) -> Bound:
     value = 2 * SAFETY * (math.sqrt(n_elements) + math.sqrt(n_tensors) + 2) * u
     return Bound(value, f"2 sides x {SAFETY:g} x (sqrt(N={n_elements}) + sqrt(tensors={n_tensors}) + 2) "
                         f"x u={u:.2g}")
+
+
+# Training through the CLI (issue 13): a logged loss against the float64 spec's loss of the same
+# parameters on the same batch
+# -----------------------------------------------------------------------------------------------
+# The loss is the mean over N targets of logsumexp(logits) - logits[target].  Both terms move by at
+# most max|d logits| when the logits do (log-sum-exp is 1-Lipschitz in the max norm), so a per-target
+# loss, and their mean, is off by at most 2 x the logits' error: forward_bound x max(1, max|logit|).
+# The loss's own arithmetic adds a sum of V exponentials per target and a mean of N terms, each
+# within (sqrt(V) + sqrt(N) + 2) u (random-sign roundings, the log and the division) of a per-target
+# loss no larger than log V + 2 max|logit|; times SAFETY.  A wrong target shift, a loss over padding
+# or a logged loss of other parameters moves the loss by ~1e-2 or more, far above this (~1e-4 for
+# the tiny test models in float32).
+def lm_loss_bound(config, dtype, logit_scale: float, n_targets: int) -> Bound:
+    """|loss of a `dtype` forward pass - float64 spec loss| for logits of max magnitude
+    `logit_scale` and `n_targets` counted targets (absolute)."""
+    u = unit_roundoff(dtype)
+    logits = forward_bound(config, dtype)
+    through_logits = 2 * logits.value * max(1.0, logit_scale)
+    loss_scale = math.log(config.n_vocab) + 2 * logit_scale
+    arithmetic = SAFETY * (math.sqrt(config.n_vocab) + math.sqrt(n_targets) + 2) * u * max(1.0, loss_scale)
+    return Bound(through_logits + arithmetic,
+                 f"2 x logits error ({logits.reason}) x max(1, max|logit|={logit_scale:.3g}) + {SAFETY:g} x "
+                 f"(sqrt(V={config.n_vocab}) + sqrt(N={n_targets}) + 2) x u={u:.2g} x (log V + 2 max|logit|)",
+                 relative=False)

@@ -215,6 +215,8 @@ def test_gpt1_schedule_warms_up_over_2000_steps_to_2_5e_4():
     assert lr_at(1999, **kw) == 2.5e-4
     assert lr_at(2000, **kw) == 2.5e-4  # the decay starts at progress 0
     assert lr_at(99_999, **kw) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(4, max_lr=1.0, warmup_steps=5, total_steps=5) == 1.0  # warmup only: no decay step
+    assert lr_at(0, max_lr=1.0, warmup_steps=0, total_steps=5) == 1.0  # no warmup: start at max_lr
 
 
 @given(warmup=st.integers(0, 20), extra=st.integers(1, 40), min_frac=st.floats(0, 1),

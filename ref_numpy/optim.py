@@ -214,9 +214,9 @@ def lr_at(step, *, max_lr, warmup_steps, total_steps, min_lr=0.0, schedule="cosi
                  so the rate reaches min_lr just after the last step.
 
     GPT-1 (Radford et al. 2018): 2000 warmup steps to max_lr 2.5e-4, then cosine annealing to 0
-    (min_lr=0).  (OpenAI's code evaluates its schedule at step/total_steps with the cosine over
-    the whole run, warmup included; here the cosine spans the steps after warmup, as in nanoGPT
-    and llm.c.)  step must lie in [0, total_steps); 0 <= warmup_steps <= total_steps;
+    (min_lr=0).  (OpenAI's code evaluates its schedule at step/total_steps, 0-based, so its first
+    update has rate 0, and its cosine spans the whole run, warmup included; here the cosine spans
+    the steps after warmup, as in nanoGPT and llm.c.)  step must lie in [0, total_steps); 0 <= warmup_steps <= total_steps;
     0 <= min_lr <= max_lr.
     """
     def integer(value):

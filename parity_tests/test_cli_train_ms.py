@@ -1,0 +1,102 @@
+"""`gptspec train --backend mindspore` against `--backend numpy`: the same first losses.
+
+Every loss either backend logs at step k is the loss of its own parameters after k - 1 updates on
+batch k; the float64 spec recomputes it from the step's checkpoint and both must agree within
+lm_loss_bound. Step 1 starts from the same parameters, so there the two backends' losses agree
+within twice that. (Later steps are not compared across backends directly: a float32 gradient
+element near zero can flip its sign and move Adam's update by ~2 lr, so two correct trajectories
+separate; gptspec/tolerances.py explains it at ms_update_bound.)
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mindspore", reason="the mindspore extra is not installed")
+ms_backend = pytest.importorskip("ms_backend")
+if not hasattr(ms_backend, "Trainer"):
+    pytest.skip("ms_backend has no Trainer yet", allow_module_level=True)
+
+import ref_numpy  # noqa: E402
+import weights  # noqa: E402
+from gptspec.cli import main  # noqa: E402
+from gptspec.tolerances import lm_loss_bound  # noqa: E402
+from gptspec.training import setup  # noqa: E402
+from gptspec.training.data import IGNORE_INDEX, BatchOrder  # noqa: E402
+from gptspec.training.loop import read_log  # noqa: E402
+
+from . import bpe_trainer  # noqa: E402
+
+pytestmark = pytest.mark.mindspore
+
+STEPS = 4
+ARGS = ["--config", "gpt2", "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--n-ctx", "32",
+        "--train-tokenizer", "300", "--pack", "--seq-len", "16", "--batch-size", "4", "--lr", "3e-3",
+        "--warmup", "1", "--steps", str(STEPS), "--save-every", "1", "--eval-every", str(STEPS), "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("backends")
+    data = folder / "doc.txt"
+    data.write_text(bpe_trainer.training_text(max_chars=12_000), encoding="utf-8")
+    for backend in ("numpy", "mindspore"):
+        assert main(["train", "--data", str(data), *ARGS, "--backend", backend, "--out", str(folder / backend)]) == 0
+    return folder
+
+
+def batches(run):
+    """The batch of every step, rebuilt from run.json as the CLI built it."""
+    identity = json.loads((run / "run.json").read_text())
+    opts = identity["options"]
+    config = ref_numpy.GPTConfig.from_dict(identity["config"])
+    tokenizer = ref_numpy.Tokenizer.from_dir(run)
+    train, _, _ = setup.build_windows(opts, config, tokenizer, *setup.load_documents(opts))
+    order = BatchOrder(len(train), opts["seed"])
+    return config, [train.rows(order.take(opts["batch_size"])) for _ in range(STEPS)]
+
+
+def spec_loss(config, params, batch) -> tuple[float, float]:
+    """(float64 loss, max |logit|) of `params` on one batch."""
+    inputs, targets, mask = batch
+    logits, _ = ref_numpy.forward(config, ref_numpy.cast_params(params, np.float64), inputs, attention_mask=mask)
+    return ref_numpy.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX), float(np.abs(logits).max())
+
+
+def params_before(run, config, step):
+    if step == 1:
+        seed = json.loads((run / "run.json").read_text())["options"]["seed"]
+        return ref_numpy.init_params(config, seed, dtype=np.float32)
+    return weights.load(run / "checkpoints" / f"step-{step - 1}")[1]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "mindspore"])
+def test_every_logged_loss_is_the_loss_of_its_parameters(runs, backend):
+    config, steps = batches(runs / backend)
+    logged = [r["loss"] for r in read_log(runs / backend / "log.jsonl") if "loss" in r]
+    assert len(logged) == STEPS
+    for k, batch in enumerate(steps, start=1):
+        reference, logit_scale = spec_loss(config, params_before(runs / backend, config, k), batch)
+        n_targets = int((batch[1] != IGNORE_INDEX).sum())
+        bound = lm_loss_bound(config, "float32", logit_scale, n_targets)
+        assert abs(logged[k - 1] - reference) <= bound.allowed(reference), \
+            f"{backend} step {k}: {logged[k - 1]} vs spec {reference} ({bound.reason})"
+
+
+def test_both_backends_start_alike(runs):
+    config, steps = batches(runs / "numpy")
+    first = [next(r for r in read_log(runs / b / "log.jsonl") if "loss" in r) for b in ("numpy", "mindspore")]
+    assert first[0]["lr"] == first[1]["lr"]
+    reference, logit_scale = spec_loss(config, params_before(runs / "numpy", config, 1), steps[0])
+    bound = lm_loss_bound(config, "float32", logit_scale, int((steps[0][1] != IGNORE_INDEX).sum()))
+    assert abs(first[0]["loss"] - first[1]["loss"]) <= 2 * bound.allowed(reference)
+    assert [r["lr"] for r in read_log(runs / "numpy" / "log.jsonl") if "lr" in r] == \
+           [r["lr"] for r in read_log(runs / "mindspore" / "log.jsonl") if "lr" in r]      # one lr_at
+
+
+def test_the_mindspore_run_resumes_and_loads(runs):
+    config, params = weights.load(runs / "mindspore")
+    assert config.n_layer == 2 and ref_numpy.generate(config, params, [1, 2, 3], 4, seed=0).shape == (7,)
+    assert main(["train", "--resume", str(runs / "mindspore"), "--no-progress"]) == 0   # already at the end

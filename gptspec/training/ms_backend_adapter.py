@@ -17,18 +17,20 @@ class MindSporeBackend:
     name = "mindspore"
 
     def __init__(self, config, params: dict, hyper: Hyper, *, amp_level: str = "O0", mode: str = "graph"):
-        import ms_backend
-
-        if not hasattr(ms_backend, "Trainer"):
-            raise ImportError("this ms_backend has no Trainer: use --backend numpy")
+        try:
+            from ms_backend import Trainer
+        except ImportError as error:
+            raise ImportError(f"--backend mindspore needs ms_backend.Trainer ({error}); or use --backend numpy") from None
+        if hyper.dropout > 0:
+            raise ValueError("--dropout > 0 needs --backend numpy: the MindSpore Trainer has no dropout yet")
         self.config, self.hyper = config, hyper
-        self.amp_level, self.mode = amp_level, mode
-        self.trainer = ms_backend.Trainer(
-            config, params, amp_level=amp_level, mode=mode, lr=hyper.lr, warmup_steps=hyper.warmup_steps,
-            total_steps=hyper.total_steps, min_lr=hyper.min_lr, schedule=hyper.schedule, betas=hyper.betas,
-            eps=hyper.eps, weight_decay=hyper.weight_decay, max_grad_norm=hyper.max_grad_norm,
-            dropout=hyper.dropout, seed=hyper.seed)
-        self._eval_model = None
+        # float32 (O0) cannot overflow where float16 does: loss scaling only with mixed precision.
+        scaling = None if amp_level == "O0" else "dynamic"
+        self.trainer = Trainer(
+            config, params, amp_level=amp_level, dtype=None if amp_level == "O0" else "float16", mode=mode,
+            lr=hyper.lr, warmup_steps=hyper.warmup_steps, total_steps=hyper.total_steps, min_lr=hyper.min_lr,
+            schedule=hyper.schedule, betas=hyper.betas, eps=hyper.eps, weight_decay=hyper.weight_decay,
+            max_grad_norm=hyper.max_grad_norm, loss_scale=scaling, seed=hyper.seed)
 
     def train_step(self, step: int, micro_batches) -> StepResult:
         # The Trainer takes one batch per update: the micro-batches are joined back into it
@@ -37,6 +39,8 @@ class MindSporeBackend:
         targets = np.concatenate([b[1] for b in micro_batches])
         masks = [b[2] for b in micro_batches]
         mask = None if masks[0] is None else np.concatenate(masks)
+        if step != self.trainer.step_count:
+            raise RuntimeError(f"the loop is at step {step} but the Trainer at {self.trainer.step_count}")
         result = self.trainer.step(inputs, targets, mask)
         return StepResult(loss=float(result.loss), grad_norm=float(result.grad_norm), lr=float(result.lr),
                           loss_scale=None if result.loss_scale is None else float(result.loss_scale),
@@ -55,12 +59,8 @@ class MindSporeBackend:
         return float(ref_numpy.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)) * count, count
 
     def _forward(self, inputs, attention_mask):
-        import ms_backend
-
-        # A GPTModel on the trainer's current weights, rebuilt after every update it has missed.
-        params = self.trainer.params_numpy()
-        model = ms_backend.GPTModel(self.config, params, amp_level=self.amp_level, mode="pynative")
-        logits, _ = model.forward_numpy(inputs, attention_mask=attention_mask)
+        # The Trainer's own model (its current float32 master weights, its AMP level), op by op.
+        logits, _ = self.trainer.model.forward_numpy(inputs, attention_mask=attention_mask)
         return logits
 
     def params_numpy(self) -> dict:
@@ -70,8 +70,4 @@ class MindSporeBackend:
         self.trainer.save(folder)
 
     def read_files(self, folder: Path) -> None:
-        import ms_backend
-
-        self.trainer = ms_backend.Trainer.load(folder)
-        if self.trainer.config != self.config:
-            raise ValueError(f"{folder} holds a model of another config than this run's ({self.config})")
+        self.trainer.resume(folder)      # refuses another config or missing optimizer/scaler state

@@ -75,7 +75,6 @@ class GPT1Tokenizer(Tokenizer):
             raise ValueError(f"{name}: the vocabulary has no {UNK!r} token for unknown characters")
         super().__init__(name, vocab, ranks, {UNK: vocab[UNK]})
         self.unk_token = vocab[UNK]
-        self.eot_token = None
 
     @classmethod
     def from_files(cls, vocab_path, merges_path, *, vocab: dict[str, int] | None = None) -> "GPT1Tokenizer":

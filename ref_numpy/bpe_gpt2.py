@@ -78,7 +78,6 @@ class GPT2Tokenizer(Tokenizer):
         if missing:
             raise ValueError(f"{name}: not a byte-level vocabulary, it lacks the byte symbols {missing[:8]}")
         super().__init__(name, vocab, ranks, {EOT: vocab[EOT]} if EOT in vocab else {})
-        self.eot_token = vocab.get(EOT)
         self.pattern = regex.compile(PATTERN)
         self._bytes_of = {token_id: token_bytes(token) for token, token_id in vocab.items()}
 

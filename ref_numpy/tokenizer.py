@@ -4,6 +4,14 @@
     ids = tok.encode("Hello world")               # [15496, 995]
     tok.decode(ids)                               # 'Hello world'
     tok.explain("Hello")                          # the merge steps of one word
+    tok.encode_batch(["a b", "c"]), tok.decode_batch([[64], [66]])   # tiktoken's batch API too
+
+tiktoken's Encoding API, method for method: encode, encode_ordinary, encode_batch,
+encode_ordinary_batch, encode_single_token, decode, decode_bytes, decode_batch, decode_bytes_batch,
+decode_single_token_bytes, decode_tokens_bytes, eot_token, special_tokens_set, n_vocab, with its
+arguments (allowed_special, disallowed_special, errors, num_threads) and its errors (ValueError for
+a disallowed special token; UnknownTokenError, a KeyError and a ValueError, for an id not in the
+vocabulary or a text that is not a single token).
 
 Speed comes from one idea: a text is cut into *units* whose ids simply concatenate to the
 ids of the whole text (whitespace + a run of non-whitespace, roughly a word with its punctuation),
@@ -23,7 +31,16 @@ from .bpe import MergeStep, Ranks, read_vocab
 
 GPT2_FILES = ("encoder.json", "vocab.bpe")                    # OpenAI's GPT-2 release
 GPT1_FILES = ("encoder_bpe_40000.json", "vocab_40000.bpe")    # OpenAI's GPT-1 release
+EOT_TEXT = "<|endoftext|>"                                    # GPT-2's end-of-text special token
 HF_FILES = ("vocab.json", "merges.txt")                       # Hugging Face, either model
+
+
+class UnknownTokenError(KeyError, ValueError):
+    """An id not in the vocabulary, or a text/bytes that is no single token.  A KeyError, as
+    tiktoken raises there, and a ValueError, as every other bad input to gptspec is."""
+
+    def __str__(self):  # KeyError would show repr(message), quotes and all
+        return str(self.args[0]) if self.args else ""
 
 
 class Tokenizer:
@@ -45,6 +62,23 @@ class Tokenizer:
         self._token_of_id = {token_id: token for token, token_id in vocab.items()}
         self._cache: dict[str, tuple[int, ...]] = {}        # unit -> ids
         self._word_cache: dict[str, tuple[int, ...]] = {}   # word -> ids
+        self._id_of_bytes: dict[bytes, int] | None = None   # built by encode_single_token on first use
+
+    @property
+    def eot_token(self) -> int | None:
+        """The id of '<|endoftext|>' (GPT-2: 50256), or None for a vocabulary without one (GPT-1).
+
+        tiktoken's property raises KeyError there, but every encoding tiktoken ships has the token;
+        GPT-1 genuinely has none, and callers use eot_token as "the end-of-text id, if any" (the
+        eos_id of generate, where None means never stop; the separator of packed training data).
+        None says "there is none" at the one place it is read; an exception would make each of them
+        catch a normal case, and a stand-in id would silently be some other token."""
+        return self.special_tokens.get(EOT_TEXT)
+
+    @property
+    def special_tokens_set(self) -> set[str]:
+        """The special tokens' texts, as tiktoken's Encoding.special_tokens_set."""
+        return set(self.special_tokens)
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name!r} n_vocab={self.n_vocab} merges={len(self.ranks)}>"
@@ -116,6 +150,63 @@ class Tokenizer:
                 ids.extend(self.encode_ordinary(piece))
         return ids
 
+    def encode_single_token(self, text_or_bytes: str | bytes) -> int:
+        """The id of the token whose text (str, as UTF-8) or bytes are exactly `text_or_bytes`;
+        special tokens included.  KeyError if no single token is those bytes, as in tiktoken."""
+        if isinstance(text_or_bytes, str):
+            text_or_bytes = text_or_bytes.encode("utf-8")
+        if not isinstance(text_or_bytes, (bytes, bytearray)):
+            raise TypeError(f"text_or_bytes must be str or bytes, got {type(text_or_bytes).__name__}")
+        if self._id_of_bytes is None:
+            self._id_of_bytes = self._build_id_of_bytes()
+        try:
+            return self._id_of_bytes[bytes(text_or_bytes)]
+        except KeyError:
+            raise UnknownTokenError(f"{bytes(text_or_bytes)!r} is not a single token of {self.name}") from None
+
+    def _build_id_of_bytes(self) -> dict[bytes, int]:
+        id_of_bytes: dict[bytes, int] = {}
+        for token_id in sorted(self._token_of_id):
+            token = self.decode_single_token_bytes(token_id)
+            if token in id_of_bytes:  # no single answer: refuse rather than pick one
+                raise ValueError(f"{self.name}: ids {id_of_bytes[token]} and {token_id} both stand for {token!r}")
+            id_of_bytes[token] = token_id
+        return id_of_bytes
+
+    def encode_ordinary_batch(self, text: list[str], *, num_threads: int = 8) -> list[list[int]]:
+        """[encode_ordinary(t) for t in text], as tiktoken's (see encode_batch for num_threads)."""
+        texts = self._batch(text, "text", num_threads)
+        return [self.encode_ordinary(t) for t in texts]
+
+    def encode_batch(self, text: list[str], *, num_threads: int = 8, allowed_special=frozenset(),
+                     disallowed_special="all") -> list[list[int]]:
+        """[encode(t, allowed_special=..., disallowed_special=...) for t in text], as tiktoken's.
+
+        num_threads is accepted (a positive int, as tiktoken's thread pool requires) but the texts
+        are encoded one after another: this BPE is Python, which threads do not run in parallel,
+        and its caches are not safe to share between threads.  Unlike tiktoken, a str instead of
+        a list of str is refused (tiktoken would encode each of its characters separately)."""
+        texts = self._batch(text, "text", num_threads)
+        return [self.encode(t, allowed_special=allowed_special, disallowed_special=disallowed_special)
+                for t in texts]
+
+    def decode_batch(self, batch, *, errors: str = "replace", num_threads: int = 8) -> list[str]:
+        """[decode(ids, errors) for ids in batch], as tiktoken's (num_threads as in encode_batch)."""
+        return [self.decode(ids, errors=errors) for ids in self._batch(batch, "batch", num_threads)]
+
+    def decode_bytes_batch(self, batch, *, num_threads: int = 8) -> list[bytes]:
+        """[decode_bytes(ids) for ids in batch], as tiktoken's."""
+        return [self.decode_bytes(ids) for ids in self._batch(batch, "batch", num_threads)]
+
+    @staticmethod
+    def _batch(items, argument: str, num_threads) -> list:
+        if isinstance(items, (str, bytes)):
+            raise TypeError(f"{argument} must be a list (one entry per sequence), got a single "
+                            f"{type(items).__name__}: wrap it in a list, or use the single-sequence method")
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+        return list(items)
+
     def _special_set(self, value, argument: str) -> set[str]:
         if value == "all":
             return set(self.special_tokens)
@@ -133,9 +224,22 @@ class Tokenizer:
         ids = list(map(operator.index, ids))
         unknown = [i for i in set(ids) if i not in self._token_of_id]
         if unknown:
-            raise ValueError(f"token id {min(unknown)} is not in the {self.name} vocabulary "
-                             f"(n_vocab={self.n_vocab})")
+            raise UnknownTokenError(f"token id {min(unknown)} is not in the {self.name} vocabulary "
+                                    f"(n_vocab={self.n_vocab})")
         return ids
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        """The bytes of one token id, special tokens included (GPT-1: its text with '</w>' as a
+        space, the piece decode_bytes concatenates).  KeyError for an id not in the vocabulary,
+        as in tiktoken."""
+        token = operator.index(token)
+        if token not in self._token_of_id:
+            raise UnknownTokenError(f"token id {token} is not in the {self.name} vocabulary (n_vocab={self.n_vocab})")
+        return self.decode_bytes([token])
+
+    def decode_tokens_bytes(self, tokens) -> list[bytes]:
+        """[decode_single_token_bytes(t) for t in tokens], as tiktoken's."""
+        return [self.decode_single_token_bytes(token) for token in tokens]
 
     def token_string(self, token_id: int) -> str:
         """How the vocabulary file spells one token ('Ġworld' for GPT-2, 'world</w>' for GPT-1)."""

@@ -10,7 +10,8 @@ import pytest
 
 import ref_numpy as R
 from gptspec import tolerances as tol
-from gptspec.parity import check_greedy, compare_traces, logits_agreement, probe_params
+from gptspec.parity import (check_greedy, check_padding, compare_row, compare_traces, default_padding, logits_agreement,
+                            padded_batch, probe_params)
 
 CONFIGS = [R.GPTConfig(arch=arch, n_vocab=53, n_ctx=12, n_embd=24, n_head=3, n_layer=3) for arch in ("gpt1", "gpt2")]
 IDS = np.random.default_rng(1).integers(0, 53, size=(2, 12))
@@ -82,8 +83,12 @@ def test_bad_bound_requests_are_named(call, message):
 
 def test_logits_agreement_counts_top1_and_kl():
     logits = np.log(np.array([[[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]]))
-    same = logits_agreement(logits, logits + 5.0)  # a shift changes no probability
-    assert same["top1_agreement"] == 1.0 and abs(same["kl_max"]) < 1e-15
+    same = logits_agreement(logits, logits + 5.0)  # a shift changes no probability...
+    # ...up to rounding: each log-probability x - logsumexp(x) rounds the shift, the max subtraction,
+    # exp, sum, log and the last subtraction (~6 roundings per side, 12 in the difference), each of
+    # u times the largest logit; KL averages those differences with weights p summing to 1.
+    assert same["top1_agreement"] == 1.0
+    assert abs(same["kl_max"]) <= tol.op_bound(np.float64, 12).allowed(logits + 5.0)
     other = logits_agreement(logits, np.log(np.array([[[0.2, 0.7, 0.1], [0.1, 0.3, 0.6]]])))
     expected_kl = 0.7 * math.log(0.7 / 0.2) + 0.2 * math.log(0.2 / 0.7)
     assert other["top1_agreement"] == 0.5
@@ -145,3 +150,38 @@ def test_an_absolute_bound_does_not_scale_with_the_reference():
     reference = np.array([100.0, -3.0])
     assert tol.Bound(1e-4, "absolute", relative=False).allowed(reference) == 1e-4
     assert tol.Bound(1e-4, "relative").allowed(reference) == pytest.approx(1e-2)
+
+
+# -- the padded row of the default parity input (issue 14, item 4) ------------------------------
+
+
+def test_padded_batch_is_the_prompt_and_the_prompt_left_padded():
+    ids, mask = padded_batch(np.array([7, 8, 9, 10]), 2)
+    assert ids.tolist() == [[7, 8, 9, 10], [0, 0, 9, 10]]
+    assert mask.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    assert [default_padding(n) for n in (1, 2, 7, 16)] == [0, 1, 1, 4]
+
+
+@pytest.mark.parametrize("padding, error", [(4, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_a_bad_padding_is_refused_by_name(padding, error):
+    with pytest.raises(error, match="padding"):
+        check_padding(padding, 4)
+
+
+def test_padded_rows_compare_real_positions_and_require_finite_padding_positions():
+    """Row 1 is compared at its real positions only (padding queries have no meaningful value:
+    their attention rows are uniform), but a NaN or inf anywhere in it fails the row."""
+    reference = np.zeros((2, 4, 3))
+    actual = reference.copy()
+    actual[1, 0] = 5.0  # a padding position: any finite value is allowed
+    bound = tol.Bound(1e-6, "test")
+    row = compare_row("blocks.0.out", actual, reference, None, bound, "float32", padding=1)
+    assert row.name == "padded: blocks.0.out" and row.shape == (1, 3, 3) and row.passed
+    actual[1, 0, 0] = np.nan
+    assert not compare_row("blocks.0.out", actual, reference, None, bound, "float32", padding=1).passed
+    assert compare_row("blocks.0.out", actual, reference, None, bound, "float32", padding=None).passed  # row 0
+    weights = np.zeros((2, 2, 4, 4))
+    broken = weights.copy()
+    broken[1, :, 2, 0] = 1e-3  # a real query attending a padding key
+    row = compare_row("blocks.0.attn_weights", broken, weights, weights, bound, "float32", padding=1)
+    assert row.shape == (1, 2, 3, 4) and not row.passed and row.noise_ratio > tol.NOISE_MULTIPLE

@@ -132,3 +132,33 @@ def test_seeded_sampling_differs_only_where_the_distributions_do(config, seed, s
     assert np.abs(cdf_spec - cdf_ms).max() >= distance_to_boundary, (
         f"row {row} step {step}: spec drew {spec[row, step]}, MindSpore {ours[row, step]}, but the CDFs differ by "
         f"{np.abs(cdf_spec - cdf_ms).max():.3g} < the draw's distance {distance_to_boundary:.3g} to a boundary")
+
+
+@pytest.mark.parametrize("arch", ["gpt1", "gpt2"])
+def test_the_parity_report_holds_the_padded_row_both_ratios_and_the_distinct_tokens(arch):
+    """run_parity's default input: the prompt plus the prompt left padded by T // 4; every row
+    carries err/bound and err/noise; padding=0 runs the prompt alone, as before."""
+    from gptspec.parity import run_parity
+
+    config = R.GPTConfig(arch=arch, n_vocab=61, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
+    params = probe_params(config, 0)
+    ids = np.random.default_rng(5).integers(0, 61, size=8)
+    report = run_parity(config, params, ids, max_new_tokens=4)
+    trace = {}
+    R.forward(config, params, ids, trace=trace)
+    names = [row.name for row in report.rows]
+    logits_rows = ["logits (model output)", "padded: logits (model output)", "logits (KV cache)",
+                   "padded: logits (KV cache)"]
+    assert names == [*trace, *(f"padded: {name}" for name in trace), *logits_rows]
+    assert report.passed, "\n".join(report.failures())
+    assert report.settings["padded_row_padding"] == 2
+    padded = report.rows[names.index("padded: blocks.0.attn_weights")]
+    assert padded.shape == (1, 4, 6, 8)  # the 6 real queries, every key
+    as_json = report.to_json()
+    assert all(row["error_over_bound"] <= 1 and row["error_over_noise"] <= as_json["noise_multiple"]
+               for row in as_json["tensors"])
+    assert as_json["generation"]["distinct_tokens"] == len(set(report.generation.reference)) >= 1
+    assert "err/noise" in report.table() and "distinct tokens compared" in report.table()
+    alone = run_parity(config, params, ids, max_new_tokens=0, padding=0)
+    assert [row.name for row in alone.rows] == [*trace, "logits (model output)", "logits (KV cache)"]
+    assert alone.passed and alone.generation is None

@@ -383,3 +383,50 @@ def lm_loss_bound(config, dtype, logit_scale: float, n_targets: int) -> Bound:
                  f"2 x logits error ({logits.reason}) x max(1, max|logit|={logit_scale:.3g}) + {SAFETY:g} x "
                  f"(sqrt(V={config.n_vocab}) + sqrt(N={n_targets}) + 2) x u={u:.2g} x (log V + 2 max|logit|)",
                  relative=False)
+
+
+# Data parallel (issue 12): N ranks under msrun against one process on the whole batch
+# ------------------------------------------------------------------------------------
+# Both runs compute the same float32 gradients of the same global mean loss (ms_backend/distributed.py:
+# every rank divides its token-loss sum by the global count, the ranks' gradients are summed).  What
+# differs is only the order of the additions -- the token sum inside each weight gradient is split
+# at the shard boundary and finished by the AllReduce -- and the batch shape each BLAS call sees.
+# Each run is within backward_bound of the exact gradients, so they differ by at most twice that:
+# backward_reorder_bound.  It is loose (its sqrt(K) model is a worst case for these tiny models), so
+# each tensor is also held to the measured noise: each run may be NOISE_MULTIPLE x the spec's own
+# float32 noise away from the float64 spec (ms_backward_bounds), so the two by twice that.  A wrong
+# normaliser (each rank's mean, then averaged) moves the gradients by the shards' token imbalance --
+# tens of percent in the test's batch, where the measured bound is ~1e-6 of the gradient.
+#
+# Parameters after S AdamW steps (with clipping): the updates of the two runs see gradients that
+# differ by the bound above.  The clipping coefficient min(1, M / |g|) changes by the gradients'
+# relative error at most (the norm is 1-Lipschitz), so the clipped gradients differ by at most 2 x
+# the gradient bound.  AdamW's direction m_hat / (sqrt(v_hat) + eps) moves by at most
+# ADAM_GRADIENT_LIPSCHITZ / eps per unit of gradient: for two steps with betas (0.9, 0.999) the
+# derivative's sum over both steps' gradients is at most sum(a_k) + sum(sqrt(b_k)) = 1 + 1.41
+# (a_k, b_k the bias-corrected weights of g_k in m_hat and v_hat; |m_hat| <= sqrt(v_hat) by
+# Cauchy-Schwarz), rounded up to 3.  Times lr per step, summed over the S steps, plus each side's own
+# update rounding (optimizer_bound).  With eps = 1e-8 there is no such constant: the first update is
+# lr x sign(g) and an element within rounding of zero flips by 2 lr -- so the test trains with eps = 1.
+# The second step's gradients are taken at parameters already this close, which moves them by far
+# less than the gradient bound's SAFETY margin.
+ADAM_GRADIENT_LIPSCHITZ = 3.0
+
+
+def data_parallel_grad_bounds(config, n_tokens: int, spec_float32_grad, spec_float64_grad) -> tuple[Bound, Bound]:
+    """(derived, measured) bounds for one gradient tensor, N data-parallel ranks vs one process on
+    the whole batch (both MindSpore float32): 2 x backward_bound and 2 x noise_bound (above)."""
+    derived = backward_reorder_bound(config, "float32", n_tokens)
+    noise = noise_bound(spec_float32_grad, spec_float64_grad, "float32")
+    return derived, Bound(2 * noise.value, f"2 runs x {noise.reason}", relative=False)
+
+
+def data_parallel_param_bound(grad_bound: Bound, grad_scale: float, n_steps: int, lr: float, eps: float) -> Bound:
+    """Parameters after `n_steps` AdamW steps (lr <= `lr`, eps `eps`, clipping allowed) of N ranks vs
+    one process, given the gradients' bound (relative to max(1, grad_scale)); relative to
+    max(1, max|parameter|)."""
+    rounding = optimizer_bound("float32", n_steps, lr)
+    through_grads = n_steps * ADAM_GRADIENT_LIPSCHITZ * lr / eps * 2 * grad_bound.value * max(1.0, grad_scale)
+    return Bound(rounding.value + through_grads,
+                 f"{rounding.reason} + steps={n_steps} x {ADAM_GRADIENT_LIPSCHITZ:g} x lr={lr:g} / eps={eps:g} x 2 "
+                 f"(clipping) x gradient bound {grad_bound.value:.2g} x max(1, max|g|={grad_scale:.2g})")

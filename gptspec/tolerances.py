@@ -421,12 +421,12 @@ def data_parallel_grad_bounds(config, n_tokens: int, spec_float32_grad, spec_flo
     return derived, Bound(2 * noise.value, f"2 runs x {noise.reason}", relative=False)
 
 
-def data_parallel_param_bound(grad_bound: Bound, grad_scale: float, n_steps: int, lr: float, eps: float) -> Bound:
-    """Parameters after `n_steps` AdamW steps (lr <= `lr`, eps `eps`, clipping allowed) of N ranks vs
-    one process, given the gradients' bound (relative to max(1, grad_scale)); relative to
-    max(1, max|parameter|)."""
+def data_parallel_param_bound(param_reference, grad_error: float, n_steps: int, lr: float, eps: float) -> Bound:
+    """Allowed |parameter difference| (absolute) after `n_steps` AdamW steps (lr <= `lr`, eps `eps`,
+    clipping allowed) of N ranks vs one process, when the tensor's gradients may differ by
+    `grad_error` (absolute: a data_parallel_grad_bounds bound's allowed error)."""
     rounding = optimizer_bound("float32", n_steps, lr)
-    through_grads = n_steps * ADAM_GRADIENT_LIPSCHITZ * lr / eps * 2 * grad_bound.value * max(1.0, grad_scale)
-    return Bound(rounding.value + through_grads,
-                 f"{rounding.reason} + steps={n_steps} x {ADAM_GRADIENT_LIPSCHITZ:g} x lr={lr:g} / eps={eps:g} x 2 "
-                 f"(clipping) x gradient bound {grad_bound.value:.2g} x max(1, max|g|={grad_scale:.2g})")
+    through_grads = n_steps * ADAM_GRADIENT_LIPSCHITZ * lr / eps * 2 * grad_error
+    return Bound(rounding.allowed(param_reference) + through_grads,
+                 f"{rounding.reason} x max(1, max|p|) + steps={n_steps} x {ADAM_GRADIENT_LIPSCHITZ:g} x lr={lr:g} / "
+                 f"eps={eps:g} x 2 (clipping) x gradient error {grad_error:.2g}", relative=False)

@@ -62,6 +62,7 @@ def test_weights_are_the_spec_trace_and_masked_cells_are_marked():
     trace: dict = {}
     R.forward(config, params, np.array([ids]), trace=trace)
     weights = attention.attention_weights(config, params, ids, layer=1)
+    # Exact: attention_weights runs this same forward ([1, 5] ids, same params, same order).
     np.testing.assert_array_equal(weights, trace["blocks.1.attn_weights"][0])
     pyplot = attention.import_pyplot()
     figure = attention.plot_heads(pyplot, weights, [0, 1], attention.token_labels(ids, None), "t")

@@ -75,6 +75,7 @@ def test_greedy_generation_is_argmax_of_full_recompute(backend_name, data, confi
     n_new = data.draw(st.integers(1, config.n_ctx - ids.shape[1]))
     out = backend.generate(model, ids, n_new, greedy=True)
     assert out.shape == (1, ids.shape[1] + n_new)
+    # Exact: the same calls on the same arrays (one backend, same shapes, same order) round alike.
     assert np.array_equal(out, backend.generate(model, ids, n_new, greedy=True)), "greedy is deterministic"
     for t in range(ids.shape[1], out.shape[1]):  # no cache: recompute the whole prefix each step
         logits, _ = backend.forward(model, out[:, :t])
@@ -95,7 +96,9 @@ def test_seeded_sampling_repeats_and_matches_a_manual_draw(backend_name, data, c
                   top_p=data.draw(st.none() | st.floats(0.3, 1.0)), seed=sample_seed)
     out = backend.generate(model, ids, n_new, **kwargs)
     assert np.array_equal(out, backend.generate(model, ids, n_new, **kwargs)), "same seed, same tokens"
-    # The first sampled token, recomputed by hand from the documented pipeline.
+    # The first sampled token, recomputed by hand from the documented pipeline.  Exact: generate's
+    # first step is this same forward of the whole prompt (its all-ones mask selects the same
+    # scores as no mask), same shapes on the same backend, so the same logits and the same draw.
     logits, _ = backend.forward(model, ids)
     probs = ref_numpy.processed_probs(logits[:, -1], temperature=kwargs["temperature"], top_k=kwargs["top_k"],
                                       top_p=kwargs["top_p"])

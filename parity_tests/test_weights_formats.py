@@ -12,6 +12,8 @@ import pytest
 
 import ref_numpy as R
 import weights
+from gptspec.compare import assert_close
+from gptspec.tolerances import reorder_bound
 from weights import openai_gpt1
 from weights.hf_names import hf_name
 
@@ -61,10 +63,14 @@ def test_every_format_loads_identical_arrays_and_logits(tmp_path, arch, writer):
     loaded_config, loaded = weights.load(tmp_path, check_finite=True)
     assert loaded_config == config
     assert_identical(params, loaded)
-    # Bit-identical arrays must give bit-identical logits: the loaders change no value.
+    # The loaders change no value (bit for bit, above), so the loaded model computes the same
+    # function.  Not asserted bit-identical: the loaded arrays are other buffers (memory-mapped,
+    # 16-byte aligned where fresh ones are 64) and a BLAS may block differently by alignment
+    # (MKL does, without MKL_CBWR), so the logits are held to the same-computation bound.
     expected_logits, _ = R.forward(config, params, IDS)
     logits, _ = R.forward(loaded_config, loaded, IDS)
-    np.testing.assert_array_equal(logits, expected_logits)
+    assert_close(f"{arch} {writer}: logits of the loaded model", logits, expected_logits,
+                 reorder_bound(config, expected_logits.dtype))
 
 
 @pytest.mark.parametrize("arch", CONFIGS)

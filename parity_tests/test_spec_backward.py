@@ -217,3 +217,16 @@ def test_cross_entropy_backward(B, T, V, scale, seed):
     loss = R.cross_entropy(logits, targets)
     directional_check("cross_entropy", lambda a: (R.cross_entropy(a["x"], targets), abs(loss) + scale),
                       dict(x=logits), dict(x=d_logits), layer_evaluation_error(3 * V, B * T), rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_attention_backward_stays_finite_on_fully_masked_rows_in_every_dtype(dtype):
+    rng = np.random.default_rng(0)
+    q, k, v, r = (rng.standard_normal((2, 2, 3, 4)).astype(dtype) * 30 for _ in range(4))
+    mask = R.causal_mask(3, 3)[None, None] & R.padding_mask(np.array([[0, 0, 0], [0, 1, 1]]))
+    _, weights = R.attention(q, k, v, mask)
+    grads = R.attention_backward(r, q, k, v, mask, weights)
+    assert all(g.dtype == dtype and np.isfinite(g).all() for g in grads)
+    d_q, d_k, _ = grads
+    assert not d_q[0].any() and not d_k[0].any()  # row 0: every score masked, none has a gradient
+    assert not d_q[1, :, 0].any()  # row 1, query 0 is padding: fully masked too

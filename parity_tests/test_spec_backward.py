@@ -16,7 +16,7 @@ import ref_numpy as R
 from gptspec.tolerances import FINITE_DIFFERENCE_STEP, finite_difference_bound, layer_evaluation_error
 from ref_numpy.train import gpt1_block_forward, gpt2_block_forward, mha_forward, mlp_forward
 
-from .strategies import left_padding_mask
+from .strategies import left_padding_mask, model_for
 
 H = FINITE_DIFFERENCE_STEP
 seeds = st.integers(0, 2**32 - 1)
@@ -128,7 +128,6 @@ def test_attention_backward(B, n_head, T, D, with_dropout, seed):
 
 def small_params(arch, C, n_head, seed):
     config = R.GPTConfig(arch=arch, n_vocab=11, n_ctx=8, n_embd=C, n_head=n_head, n_layer=1)
-    from .strategies import model_for
     return config, model_for(config, seed)
 
 

@@ -17,3 +17,7 @@ __all__ = [
     "attention", "mha", "mlp", "Linear", "LayerNorm", "MHA", "MLP", "GPT1Block", "GPT2Block",
     "AMP_LEVELS", "Precision", "precision_for", "device_target", "check_matmul_dtype",
 ]
+# Training (issue 12): train.py (Trainer, cross_entropy), optim.py (AdamW groups, clipping),
+# scaler.py (loss scaling), train_state.py (save / resume).
+from .train import StepResult, Trainer, cross_entropy  # noqa: E402
+__all__ += ["Trainer", "StepResult", "cross_entropy"]

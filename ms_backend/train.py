@@ -1,0 +1,243 @@
+"""Training in MindSpore: the spec's loss, gradients by autodiff, AdamW, mixed precision, loss scaling.
+
+Read beside ref_numpy/train.py, loss.py and optim.py: the loss is the spec's cross_entropy, the
+gradients are what ref_numpy.loss_and_grads writes out by hand (here `mindspore.value_and_grad`
+derives them), the update is the spec's clip_grad_norm + adamw_step with lr_at's learning rate.
+
+One training step, `Trainer.step` (one compiled graph in mode="graph", compiled once per input
+shape; the same Python function run op by op in mode="pynative"):
+
+    loss      = cross_entropy(logits, targets) / n_targets     float32, whatever the AMP level
+    grads     = d (loss x S) / d params                        S = the loss scale (scaler.py)
+    grads     = reduce_grads(grads) / S                        unscaled BEFORE anything reads them
+    finite    = all_finite(grads)
+    norm      = global_norm(grads)                             reported, and used for clipping
+    if finite:  clip to max_grad_norm; AdamW with lr_at(step)  float32 master weights
+    S         = adjust(S, finite)                              dynamic scaling: halve on overflow
+
+A non-finite gradient skips the update (parameters, moments and the optimizer's update count
+untouched, bit for bit) and the step reports skipped=True; without loss scaling (loss_scale=None)
+it is an error, as ref_numpy.clip_grad_norm reports non-finite gradients.
+
+Data parallel (later: msrun): `n_targets` is the loss's normaliser and an input of the step, so
+every rank can divide by the *global* number of targets; `reduce_grads` is where the gradient
+all-reduce goes (identity in one process).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, ops
+
+from ref_numpy import GPTConfig, check_dropout, check_targets, flatten_params, prepare_inputs, unflatten_params
+from ref_numpy.optim import _check_hyper as check_adamw_hyperparameters
+from ref_numpy.optim import clip_grad_norm as spec_clip_grad_norm
+from ref_numpy.optim import lr_at
+
+from .amp import to
+from .model import GPTModel, as_numpy, attention_mask_4d
+from .optim import build_adamw, clip_grad_norm, global_norm, optimizer_state, quiet_pynative_update, set_lr
+from .scaler import LossScale, all_finite
+
+IGNORE_INDEX = -100
+
+
+def cross_entropy(logits, targets, *, ignore_index=IGNORE_INDEX, n_targets=None):
+    """ref_numpy.cross_entropy on Tensors: the sum over the non-ignored targets of
+    -log softmax(logits)[target], divided by `n_targets` (default: their number, i.e. the mean).
+
+    logits [..., V] (any float dtype; computed in float32, as the spec upcasts), targets int
+    [...] with ignore_index where there is nothing to predict.  The log-sum-exp is shifted by the
+    row max, which is a constant for the gradient (d/d top of top + log sum exp(x - top) = 0)."""
+    x = to(logits, ms.float32)
+    x = x.reshape(-1, x.shape[-1])  # [N, V]
+    t = targets.reshape(-1)
+    keep = t != ignore_index
+    safe = ops.where(keep, t, ops.zeros_like(t))  # any valid index; the row is masked below
+    top = ops.stop_gradient(x.max(axis=-1, keepdims=True))
+    lse = top[:, 0] + ops.log(ops.exp(x - top).sum(axis=-1))
+    picked = ops.gather_elements(x, 1, safe[:, None])[:, 0]
+    per_target = ops.where(keep, lse - picked, ops.zeros_like(lse))
+    count = keep.astype(ms.float32).sum() if n_targets is None else n_targets
+    return per_target.sum() / count
+
+
+def check_hyperparameters(*, lr, warmup_steps, total_steps, min_lr, schedule, betas, eps, weight_decay,
+                          max_grad_norm) -> dict:
+    """The spec's own checks (same messages): adamw_step's on lr, betas, eps, weight_decay; lr_at's on
+    the schedule (total_steps None: no decay, checked as a schedule that ends after the warmup);
+    clip_grad_norm's on max_grad_norm (run on an empty set of gradients).  -> the settings."""
+    check_adamw_hyperparameters(lr, betas, eps, weight_decay)
+    schedule_total = warmup_steps + 1 if total_steps is None and isinstance(warmup_steps, int) else total_steps
+    lr_at(0, max_lr=lr, warmup_steps=warmup_steps, total_steps=schedule_total, min_lr=min_lr, schedule=schedule)
+    if max_grad_norm is not None:
+        spec_clip_grad_norm({}, max_grad_norm)
+    return dict(lr=float(lr), warmup_steps=warmup_steps, total_steps=total_steps, min_lr=float(min_lr),
+                schedule=schedule, betas=(float(betas[0]), float(betas[1])), eps=float(eps),
+                weight_decay=float(weight_decay), max_grad_norm=None if max_grad_norm is None else float(max_grad_norm))
+
+
+class StepResult(NamedTuple):
+    loss: float  # this step's loss, before its update
+    grad_norm: float  # global norm of the unscaled gradients, before clipping (inf/nan on overflow)
+    lr: float  # the learning rate of this step: ref_numpy.lr_at(step)
+    loss_scale: float | None  # the scale this step's loss was multiplied by (None: no scaling)
+    skipped: bool  # non-finite gradients: no update
+
+
+class Trainer:
+    """Trains a GPTModel from a ref_numpy config and params dict (see the module docstring).
+
+    amp_level "O0".."O3" and dtype ("float16"; "bfloat16" where the device has it) as in
+    inference (ms_backend.amp); mode "graph" or "pynative"; lr, warmup_steps, total_steps,
+    min_lr, schedule: ref_numpy.lr_at (total_steps None: no decay after the warmup); betas, eps,
+    weight_decay: ref_numpy.adamw_step (decay on >= 2-D tensors only); max_grad_norm:
+    ref_numpy.clip_grad_norm (None: no clipping); loss_scale "dynamic" / a number >= 1 / None
+    with initial_scale and scale_window (scaler.py).  dropout: see TrainModel; head: a
+    classifier head (ref_numpy.init_classifier) trained with the combined loss."""
+
+    def __init__(self, config: GPTConfig, params: dict, *, amp_level="O0", dtype=None, mode="graph", lr=1e-3,
+                 warmup_steps=0, total_steps=None, min_lr=0.0, schedule="cosine", betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.0, max_grad_norm=None, loss_scale="dynamic", initial_scale=2.0 ** 16,
+                 scale_window=1000, dropout=0.0, seed=None, head=None):
+        if mode not in ("graph", "pynative"):
+            raise ValueError(f"mode must be one of ('graph', 'pynative'), got {mode!r}")
+        self.hyper = check_hyperparameters(lr=lr, warmup_steps=warmup_steps, total_steps=total_steps, min_lr=min_lr,
+                                           schedule=schedule, betas=betas, eps=eps, weight_decay=weight_decay,
+                                           max_grad_norm=max_grad_norm)
+        self.dropout = check_dropout(dropout)
+        if self.dropout > 0:
+            raise NotImplementedError("dropout > 0 is not implemented by the MindSpore Trainer yet; "
+                                      "train with dropout=0.0 or with the NumPy backend")
+        if head is not None:
+            raise NotImplementedError("the classifier head is not implemented by the MindSpore Trainer yet")
+        self.model = GPTModel(config, params, amp_level=amp_level, dtype=dtype)  # checks config, params, AMP
+        self.config, self.amp_level, self.dtype, self.mode = config, amp_level, dtype, mode
+        self.seed = seed
+        self.loss_scale_setting = (loss_scale, initial_scale, scale_window)
+        self.scaler = LossScale(loss_scale, initial_scale, scale_window)
+        self.optimizer = build_adamw(self.model.trainable_params(), lr=self.hyper["lr"], betas=self.hyper["betas"],
+                                     eps=self.hyper["eps"], weight_decay=self.hyper["weight_decay"])
+        self.names = {p.name: p.name for p in self.model.trainable_params()}  # Parameter name == params name
+        self.param_order = list(flatten_params(params))  # the Cells' order differs (GPT-1: attn before ln_1)
+        self.step_count = 0  # updates attempted so far (skipped ones included): the lr_at step
+        self.reduce_grads = lambda grads: grads  # data parallel: the all-reduce of the gradients
+        self._value_and_grad = ms.value_and_grad(self._scaled_loss, None, self.optimizer.parameters, has_aux=True)
+        self._update = self.optimizer if mode == "graph" else quiet_pynative_update(self.optimizer)
+        run = ms.jit if mode == "graph" else (lambda f: f)
+        self._train_step = run(self._train_step_fn)
+        self._grads = run(self._grads_fn)
+
+    # -- the computation (compiled in graph mode) ----------------------------------------------
+
+    def _loss(self, ids, position_ids, mask, targets, n_targets):
+        """The LM loss of one batch: forward (the inference model's own run) + cross_entropy."""
+        T = ids.shape[1]
+        logits, _, _ = self.model.run(ids, position_ids, attention_mask_4d(T, T, mask))
+        return cross_entropy(logits, targets, n_targets=n_targets)
+
+    def _scaled_loss(self, ids, position_ids, mask, targets, n_targets):
+        loss = self._loss(ids, position_ids, mask, targets, n_targets)
+        return self.scaler.scale(loss), loss
+
+    def _grads_fn(self, ids, position_ids, mask, targets, n_targets):
+        (_, loss), grads = self._value_and_grad(ids, position_ids, mask, targets, n_targets)
+        return loss, self.scaler.unscale(self.reduce_grads(grads))
+
+    def _train_step_fn(self, ids, position_ids, mask, targets, n_targets, lr):
+        loss, grads = self._grads_fn(ids, position_ids, mask, targets, n_targets)
+        finite = all_finite(grads)
+        norm = global_norm(grads)
+        if finite:
+            set_lr(self.optimizer, lr)
+            self._update(clip_grad_norm(grads, self.hyper["max_grad_norm"], norm))
+        self.scaler.adjust(finite)
+        return loss, norm, finite
+
+    # -- NumPy in, NumPy out -------------------------------------------------------------------
+
+    def _batch(self, inputs, targets, attention_mask, n_targets):
+        """The spec's checks, then the step's Tensors: ids, position ids, mask (all ones when None:
+        the same positions and attention as no mask, and one compiled graph per shape), targets,
+        the normaliser (default: the number of non-ignored targets)."""
+        prepared = prepare_inputs(self.config, inputs, attention_mask=attention_mask)
+        ids = prepared.ids
+        targets = check_targets(targets, ids.shape, self.config.n_vocab, IGNORE_INDEX)
+        mask = np.ones_like(ids) if prepared.attention_mask is None else prepared.attention_mask
+        count = int(np.count_nonzero(targets != IGNORE_INDEX)) if n_targets is None else n_targets
+        if not (isinstance(count, (int, np.integer)) and count >= 1):
+            raise ValueError(f"n_targets must be a positive integer (the number of targets the loss is "
+                             f"averaged over), got {n_targets!r}")
+        return (Tensor(ids), Tensor(prepared.position_ids), Tensor(mask), Tensor(targets),
+                Tensor(float(count), ms.float32))
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of update `step` (0-based): ref_numpy.lr_at with this Trainer's schedule."""
+        h = self.hyper
+        total = h["total_steps"]
+        if total is None:  # no decay: the warmup, then max_lr for ever (lr_at at the warmup's end)
+            step, total = min(step, h["warmup_steps"]), h["warmup_steps"] + 1
+        return float(lr_at(step, max_lr=h["lr"], warmup_steps=h["warmup_steps"], total_steps=total,
+                           min_lr=h["min_lr"], schedule=h["schedule"]))
+
+    def step(self, inputs, targets, attention_mask=None, *, n_targets=None) -> StepResult:
+        """One update on a batch: inputs, targets int [B, T] (ignore_index -100 where nothing is
+        predicted), attention_mask 0/1 [B, T] or None.  n_targets: the loss's normaliser (default
+        the batch's number of targets; data parallel passes the global count)."""
+        batch = self._batch(inputs, targets, attention_mask, n_targets)
+        lr = self.lr_at(self.step_count)
+        scale = self.scaler.value
+        loss, norm, finite = self._train_step(*batch, Tensor(lr, ms.float32))
+        self.step_count += 1
+        skipped = not bool(finite.asnumpy())
+        if skipped and self.scaler.kind == "none":
+            raise FloatingPointError(f"step {self.step_count - 1}: the gradients are not finite (global norm "
+                                     f"{float(norm.asnumpy())}) and there is no loss scaling to recover; "
+                                     f"the update was skipped.  Lower lr, clip (max_grad_norm) or check the data")
+        return StepResult(float(loss.asnumpy()), float(norm.asnumpy()), lr, scale, skipped)
+
+    def grads_numpy(self, inputs, targets, attention_mask=None, *, n_targets=None):
+        """(loss, grads): the unscaled float32 gradients of the loss at the current parameters, in
+        the params dict's structure (as ref_numpy.loss_and_grads); nothing is updated."""
+        loss, grads = self._grads(*self._batch(inputs, targets, attention_mask, n_targets))
+        flat = {self.names[p.name]: g.asnumpy() for p, g in zip(self.optimizer.parameters, grads)}
+        return float(loss.asnumpy()), self._in_params_order(flat)
+
+    def params_numpy(self) -> dict:
+        """The current (float32 master) parameters as the spec's params dict."""
+        return self._in_params_order({self.names[p.name]: as_numpy(p) for p in self.model.trainable_params()})
+
+    def optimizer_state_numpy(self) -> dict:
+        """AdamW's state as ref_numpy.adamw_init/adamw_step hold it: {"step": updates applied so far
+        (skipped steps excluded), "m": first moments, "v": second moments} (params' structure)."""
+        state = optimizer_state(self.optimizer, self.names)
+        return {"step": state["step"], "m": self._in_params_order(state["m"]), "v": self._in_params_order(state["v"])}
+
+    def _in_params_order(self, flat: dict) -> dict:
+        return unflatten_params({name: flat[name] for name in self.param_order})
+
+    @property
+    def loss_scale(self) -> float | None:
+        """The scale the next step will use (None without loss scaling)."""
+        return self.scaler.value
+
+    # -- checkpoints: train_state.py -----------------------------------------------------------
+
+    def save(self, folder):
+        """Write weights (weights.save, safetensors) and the optimizer, scaler and step state."""
+        from .train_state import save_trainer
+        return save_trainer(self, folder)
+
+    @classmethod
+    def load(cls, folder, **overrides) -> "Trainer":
+        """A Trainer resuming from `folder` (written by save) with the saved settings; `overrides`
+        replace settings that do not change the state (e.g. mode, total_steps)."""
+        from .train_state import load_trainer
+        return load_trainer(cls, folder, **overrides)
+
+    def resume(self, folder) -> None:
+        """Load `folder`'s weights and optimizer state into this Trainer (its config must match)."""
+        from .train_state import restore_into
+        restore_into(self, folder)

@@ -4,7 +4,7 @@ Each step: take the next --batch-size rows (BatchOrder), keep this rank's share 
 `r` of `world_size` takes rows r, r + world_size, ...; one process is rank 0 of 1), cut it into
 --grad-accum micro-batches, let the backend make one optimizer update, log a row. Every
 --eval-every steps the held-out loss and perplexity; every --save-every steps and at the end a
-checkpoint (checkpoint.py). Ctrl-C (SIGINT) lets the current step finish, saves, and stops:
+checkpoint (checkpoint.py). Ctrl-C (SIGINT) or SIGTERM lets the current step finish, saves, and stops:
 nothing is lost, and `--resume` continues exactly there. Only rank 0 writes files.
 """
 from __future__ import annotations
@@ -52,28 +52,40 @@ def describe(step: int, metrics: dict) -> str:
 
 
 class StopOnSigint:
-    """While active, the first Ctrl-C only sets `requested` (the loop saves and stops after the
-    current step); a second one raises KeyboardInterrupt as usual."""
+    """While active, the first Ctrl-C (SIGINT) or SIGTERM only sets `requested` (the loop saves and
+    stops after the current step); a second one raises KeyboardInterrupt as usual.
+
+    SIGTERM too, because MindSpore's graph runtime installs its own SIGINT handler while it runs a
+    step, and that handler turns Ctrl-C into a SIGTERM to the process (seen with MindSpore 2.10);
+    a job scheduler's SIGTERM (preemption) then also saves before exiting."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, say: Callable[[str], None]):
-        self.requested, self.say, self.previous = False, say, None
+        self.requested, self.say, self.previous = False, say, {}
 
     def __enter__(self):
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:      # not the main thread: signals cannot be caught here
-            self.previous = None
+        for signum in self.SIGNALS:
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:      # not the main thread: signals cannot be caught here
+                pass
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self.say("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to abort without saving)")
+        self.say(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+                 f"(Ctrl-C again to abort without saving)")
+
+    def rearm(self) -> None:
+        """Install the SIGINT handler again after a backend step (MindSpore's runtime replaces it)."""
+        if signal.SIGINT in self.previous:
+            signal.signal(signal.SIGINT, self._handle)
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
         return False
 
 
@@ -106,6 +118,7 @@ def run_loop(backend, train, valid, order: BatchOrder, options: LoopOptions,
             tic = time.perf_counter()
             result = backend.train_step(step, micro_batches)
             seconds = time.perf_counter() - tic
+            sigint.rearm()
             step += 1
             n_tokens = sum(train.count_tokens(micro) for micro in micro_batches)
             row = {"step": step, "loss": result.loss, "lr": result.lr, "loss_scale": result.loss_scale,

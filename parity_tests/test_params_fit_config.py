@@ -116,6 +116,7 @@ def test_the_cli_refuses_a_checkpoint_whose_config_does_not_fit_in_one_line(tmp_
     assert err.count("\n") == 1 and "missing tensor(s) 'blocks.1.ln_1.g'" in err, err
 
 
+@pytest.mark.mindspore
 @CASES
 def test_mindspore_model_and_generate_refuse_params_of_another_config(claimed, actual, message):
     pytest.importorskip("mindspore", reason="the MindSpore backend needs the `mindspore` extra")

@@ -100,3 +100,30 @@ def test_the_mindspore_run_resumes_and_loads(runs):
     config, params = weights.load(runs / "mindspore")
     assert config.n_layer == 2 and ref_numpy.generate(config, params, [1, 2, 3], 4, seed=0).shape == (7,)
     assert main(["train", "--resume", str(runs / "mindspore"), "--no-progress"]) == 0   # already at the end
+
+
+def test_ctrl_c_and_resume_are_bit_exact_on_mindspore(runs, tmp_path, monkeypatch, capsys):
+    """A real SIGINT during step 2 (MindSpore's runtime turns it into SIGTERM): the run saves step 2
+    and stops; --resume reaches the uninterrupted run's parameters bit for bit."""
+    import os
+    import signal
+
+    from gptspec.training.ms_backend_adapter import MindSporeBackend
+
+    original = MindSporeBackend.train_step
+
+    def train_step(self, step, micro_batches):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, step, micro_batches)
+
+    monkeypatch.setattr(MindSporeBackend, "train_step", train_step)
+    data = runs / "doc.txt"
+    out = tmp_path / "parts"
+    assert main(["train", "--data", str(data), *ARGS, "--backend", "mindspore", "--out", str(out)]) == 130
+    assert "saved step 2" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    whole = ref_numpy.flatten_params(weights.load(runs / "mindspore")[1])
+    parts = ref_numpy.flatten_params(weights.load(out)[1])
+    assert all(np.array_equal(whole[name], parts[name]) for name in whole)

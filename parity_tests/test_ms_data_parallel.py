@@ -1,0 +1,250 @@
+"""Data parallel under msrun (ms_backend/distributed.py): 2 ranks compute what one process computes
+on the whole batch, and rank / world-size problems end in one line, not a hang.
+
+One module-wide launch runs four jobs at once (each bounded by JOB_TIMEOUT):
+  * msrun, 2 workers, parity_tests/dp_worker.py on a tiny GPT-2 and a padded batch whose rows give
+    rank 0 15 targets and rank 1 only 3 (a per-rank mean would weigh them alike);
+  * the same script as one plain process on the whole batch (the reference);
+  * msrun, 2 workers, a global batch of 3 rows (does not split over 2 ranks);
+  * the script alone with msrun's variables but no scheduler (the cluster cannot form).
+The two msrun jobs cost ~45-55 s on this 2-core machine (compilation; after a worker fails, the
+scheduler notices within its ~30 s heartbeat timeout).  Skipped when msrun is not on PATH; any other
+failure to start is a failure (the worker logs are shown).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mindspore", reason="data parallel needs the `mindspore` extra")
+
+import ref_numpy as R  # noqa: E402
+from gptspec.tolerances import data_parallel_grad_bounds, data_parallel_param_bound  # noqa: E402
+from ms_backend.distributed import (DataParallelError, Topology, check_global_batch, init_data_parallel,  # noqa: E402
+                                    msrun_world_size, shard, under_msrun)
+
+from . import dp_worker  # noqa: E402
+
+pytestmark = [pytest.mark.mindspore, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(dp_worker.__file__).resolve()
+CLUSTER_TIME_OUT = 120  # msrun --cluster_time_out: how long ranks wait for each other to join
+JOB_TIMEOUT = 400       # a job that has not ended by then hangs: the test fails
+WORLD = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def msrun_job(log_dir: Path, *worker_args) -> list[str]:
+    msrun = shutil.which("msrun")
+    if msrun is None:
+        pytest.skip("msrun (MindSpore's launcher) is not on PATH: data parallel cannot start here")
+    return [msrun, f"--worker_num={WORLD}", f"--local_worker_num={WORLD}", f"--master_port={free_port()}",
+            f"--log_dir={log_dir}", "--join=True", f"--cluster_time_out={CLUSTER_TIME_OUT}",
+            str(WORKER), *worker_args]
+
+
+class Job:
+    """A started subprocess; `wait()` -> (returncode, stdout + stderr, seconds), failing on a hang."""
+
+    def __init__(self, name, command, log_dir=None, env=None):
+        self.name, self.log_dir, self.started = name, log_dir, time.perf_counter()
+        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.result = None
+
+    def wait(self):
+        if self.result is None:
+            try:
+                output, _ = self.process.communicate(timeout=JOB_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.communicate()
+                pytest.fail(f"{self.name} did not end within {JOB_TIMEOUT} s: a hang\n{self.logs()}")
+            self.result = (self.process.returncode, output, time.perf_counter() - self.started)
+        return self.result
+
+    def logs(self) -> str:
+        if self.log_dir is None or not self.log_dir.is_dir():
+            return ""
+        text = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            lines = [x for x in path.read_text(errors="replace").splitlines()
+                     if not x.startswith(("[WARNING]", "[INFO]"))]
+            text.append(f"--- {path.name} (last lines)\n" + "\n".join(lines[-25:]))
+        return "\n".join(text)
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data_parallel")
+    no_cluster = {**os.environ, "MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": str(WORLD), "MS_NODE_ID": "0",
+                  "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": str(free_port()), "MS_TOPO_TIMEOUT": "5"}
+    started = {
+        "parallel": Job("msrun, 2 ranks", msrun_job(root / "logs", str(root / "parallel")), root / "logs"),
+        "single": Job("one process", [sys.executable, str(WORKER), str(root / "single")]),
+        "uneven": Job("msrun, 3 rows over 2 ranks", msrun_job(root / "logs-uneven", str(root / "uneven"), "--rows",
+                                                              "3"), root / "logs-uneven"),
+        "no_cluster": Job("a rank without a scheduler", [sys.executable, str(WORKER), str(root / "none")],
+                          env=no_cluster),
+    }
+    started["root"] = root
+    return started
+
+
+def finished(job) -> tuple[str, float]:
+    code, output, seconds = job.wait()
+    assert code == 0, f"{job.name} failed (exit {code}):\n{output[-3000:]}\n{job.logs()}"
+    return output, seconds
+
+
+def load(folder: Path, rank: int) -> dict:
+    with np.load(folder / f"rank-{rank}.npz") as stored:
+        return dict(stored)
+
+
+def split(arrays: dict, kind: str) -> dict:
+    return {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(kind + "/")}
+
+
+def spec_gradients(precision):
+    """The float32 / float64 spec's gradients of the worker's model on the whole batch."""
+    config = dp_worker.tiny_config()
+    params = R.cast_params(dp_worker.tiny_params(config), precision)
+    inputs, targets, mask = dp_worker.global_batch(config, len(dp_worker.ROW_LENGTHS))
+    _, grads = R.loss_and_grads(config, params, inputs, targets, attention_mask=mask)
+    return R.flatten_params(grads)
+
+
+def test_two_ranks_compute_what_one_process_computes_on_the_whole_batch(jobs):
+    finished(jobs["parallel"])
+    finished(jobs["single"])
+    ranks = [load(jobs["root"] / "parallel", r) for r in range(WORLD)]
+    single = load(jobs["root"] / "single", 0)
+    assert int(ranks[0]["world_size"]) == WORLD and int(single["world_size"]) == 1
+    # The replicas stay identical: every rank reduced to the same gradients, norm and update.
+    for name in ranks[0]:
+        np.testing.assert_array_equal(ranks[1][name], ranks[0][name], err_msg=f"rank 1 != rank 0: {name}")
+
+    config = dp_worker.tiny_config()
+    inputs, _, _ = dp_worker.global_batch(config, len(dp_worker.ROW_LENGTHS))
+    spec32, spec64 = spec_gradients(np.float32), spec_gradients(np.float64)
+    grads, grads_single = split(ranks[0], "grad"), split(single, "grad")
+    params, params_single = split(ranks[0], "param"), split(single, "param")
+    assert list(grads) == list(spec64) and list(params) == list(grads)
+    failures, report = [], []
+    settings = dp_worker.TRAINER_SETTINGS
+    for name, reference in grads_single.items():
+        derived, measured = data_parallel_grad_bounds(config, inputs.size, spec32[name], spec64[name])
+        grad_error = float(np.max(np.abs(grads[name] - reference)))
+        allowed = min(derived.allowed(reference), measured.allowed(reference))
+        param_bound = data_parallel_param_bound(params_single[name], allowed, dp_worker.N_STEPS,
+                                                settings["lr"], settings["eps"])
+        param_error = float(np.max(np.abs(params[name] - params_single[name])))
+        report.append(f"{name:28s} grad {grad_error:.2e} <= {allowed:.2e}   params {param_error:.2e} <= "
+                      f"{param_bound.allowed(params_single[name]):.2e}")
+        if grad_error > allowed:
+            failures.append(f"gradient {name}: {grad_error:.3g} > {allowed:.3g} ({measured.reason})")
+        if param_error > param_bound.allowed(params_single[name]):
+            failures.append(f"parameters {name} after {dp_worker.N_STEPS} steps: {param_error:.3g} > "
+                            f"{param_bound.allowed(params_single[name]):.3g} ({param_bound.reason})")
+    print("\n".join(report))
+    assert not failures, "\n".join(failures)
+    # The logged numbers are the global batch's: loss, and the norm the clipping used (|a| - |b| <=
+    # |a - b|, plus each norm's own float32 sum).
+    np.testing.assert_allclose(ranks[0]["loss"], single["loss"], rtol=1e-6)
+    norm_gap = np.sqrt(sum(float(np.sum((grads[k] - grads_single[k]) ** 2)) for k in grads))
+    assert abs(ranks[0]["grad_norm"][0] - single["grad_norm"][0]) <= norm_gap + 1e-6 * single["grad_norm"][0]
+    assert not ranks[0]["skipped"].any()
+
+
+def test_the_test_batch_tells_a_per_rank_mean_from_the_global_mean():
+    """The uneven batch makes the wrong normalisation (each rank's mean, then their average) differ
+    from the whole batch's mean by far more than the gradient bound: the parity test can fail."""
+    config = dp_worker.tiny_config()
+    params = R.cast_params(dp_worker.tiny_params(config), np.float64)
+    inputs, targets, mask = dp_worker.global_batch(config, len(dp_worker.ROW_LENGTHS))
+    _, whole = R.loss_and_grads(config, params, inputs, targets, attention_mask=mask)
+    half = len(inputs) // WORLD
+    shards = [R.loss_and_grads(config, params, inputs[s], targets[s], attention_mask=mask[s])[1]
+              for s in (slice(0, half), slice(half, None))]
+    spec32 = spec_gradients(np.float32)
+    whole, shards = R.flatten_params(whole), [R.flatten_params(g) for g in shards]
+    ratios = []
+    for name, reference in whole.items():
+        per_rank_mean = (shards[0][name] + shards[1][name]) / WORLD
+        _, measured = data_parallel_grad_bounds(config, inputs.size, spec32[name], reference)
+        ratios.append(float(np.max(np.abs(per_rank_mean - reference))) / measured.allowed(reference))
+    # Every tensor would fail, by far: observed >= 6.6e4 x its bound (errors ~100% of the gradient).
+    assert min(ratios) > 1000, ratios
+
+
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_one_line_and_no_hang(jobs):
+    job = jobs["uneven"]
+    code, output, seconds = job.wait()
+    assert code != 0, output[-2000:]
+    expected = f"dp_worker: error: the global batch has 3 rows, which does not split evenly over {WORLD} ranks"
+    for rank in range(WORLD):
+        log = (job.log_dir / f"worker_{rank}.log").read_text(errors="replace")
+        assert expected in log, job.logs()
+        assert "Traceback" not in log, job.logs()
+    assert not (jobs["root"] / "uneven").exists()
+
+
+def test_a_rank_whose_cluster_cannot_form_says_so_in_one_line(jobs):
+    """msrun's variables but no scheduler: init gives up after MS_TOPO_TIMEOUT (msrun's
+    --cluster_time_out) and the worker says so in one line instead of waiting for ever."""
+    code, output, seconds = jobs["no_cluster"].wait()
+    assert code == 2, output[-2000:]
+    errors = [line for line in output.splitlines() if line.startswith("dp_worker: error:")]
+    assert len(errors) == 1 and "could not join the msrun cluster of 2 workers" in errors[0], output[-2000:]
+    assert "cluster_time_out=5 s" in errors[0] and "Traceback" not in output
+
+
+# -- the checks, without a cluster ---------------------------------------------------------------
+
+def test_shards_are_contiguous_and_cover_the_batch():
+    batch = np.arange(12).reshape(6, 2)
+    parts = [shard(batch, Topology(r, 3)) for r in range(3)]
+    np.testing.assert_array_equal(np.concatenate(parts), batch)
+    np.testing.assert_array_equal(parts[1], batch[2:4])
+    assert shard(None, Topology(1, 3)) is None
+    np.testing.assert_array_equal(shard(batch, Topology()), batch)
+
+
+@pytest.mark.parametrize("rows, world, message", [
+    (3, 2, "the global batch has 3 rows, which does not split evenly over 2 ranks (msrun --worker_num=2) "
+           "(use a multiple of 2)"),
+    (2, 4, "the global batch has 2 rows, which does not split evenly over 4 ranks (msrun --worker_num=4)"),
+])
+def test_a_batch_that_does_not_split_is_refused(rows, world, message):
+    with pytest.raises(DataParallelError) as error:
+        check_global_batch(rows, Topology(0, world))
+    assert str(error.value) == message
+
+
+def test_msrun_variables():
+    assert not under_msrun({}) and under_msrun({"MS_ROLE": "MS_WORKER"})
+    assert msrun_world_size({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "8"}) == 8
+    for bad in ({"MS_ROLE": "MS_WORKER"}, {"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "0"},
+                {"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "two"}):
+        with pytest.raises(DataParallelError, match="MS_WORKER_NUM"):
+            msrun_world_size(bad)
+
+
+def test_one_process_needs_no_cluster(monkeypatch):
+    monkeypatch.delenv("MS_ROLE", raising=False)
+    assert init_data_parallel() == Topology(0, 1) and Topology().writes_files

@@ -4,6 +4,7 @@ mid-save lose nothing, and --resume continues bit for bit."""
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import signal
@@ -160,3 +161,15 @@ def test_documents_padded_per_row_and_jsonl_completion_loss(tmp_path, capsys):
     assert "40 documents, each padded or truncated to 16 + 1 tokens\n" in capsys.readouterr().out
     evals = [r for r in read_log(tmp_path / "run" / "log.jsonl") if "valid_loss" in r]
     assert evals[-1]["valid_loss"] < evals[0]["valid_loss"] - 2.0      # ~5.6 -> ~1 nats (observed)
+
+
+def test_demo_runs_end_to_end_offline(tmp_path, capsys):
+    """--demo's path (Python's docs, its own BPE, before/after perplexity, samples), shrunk to 3 steps."""
+    assert main(["train", "--demo", "--steps", "3", "--train-tokenizer", "300", "--n-layer", "1", "--n-embd", "32",
+                 "--n-ctx", "64", "--seq-len", "64", "--warmup", "1", "--out", str(tmp_path / "demo"),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "pydoc_data.topics (held out): packed" in out
+    assert re.search(r"held-out perplexity: [\d.]+ before, [\d.]+ after", out)
+    assert "--- sample 1 ---\nThe for statement" in out and "--- sample 2 ---\nA class definition" in out
+    assert weights.load(tmp_path / "demo")[0].n_vocab == 300

@@ -73,7 +73,9 @@ def to(x, dtype):
 # Cell records the dtypes of the tensors it actually hands to, and gets back from, each operation
 # (not the dtype its Precision says), and gptspec.parity compares them with the table above.
 # Recording only happens in PyNative calls inside `record_dtypes()`; a compiled graph sees the
-# log as None and the call as dead code.
+# log as None and the call as dead code.  record_dtype returns its last tensor and the Cells use
+# that value, so a compiled graph keeps the call in its data flow (an isolated call is pruned
+# with a warning).
 
 # Operation -> the Precision field that decides its dtype.
 OPERATION_PRECISION = {"matmul": "matmul", "bias_add": "elementwise", "gelu": "elementwise",
@@ -86,10 +88,12 @@ RECORDS_PER_BLOCK = {"matmul": 5, "bias_add": 4, "gelu": 1, "softmax": 1, "layer
 _dtype_log = None  # a list while record_dtypes() is active
 
 
-def record_dtype(operation: str, *tensors) -> None:
-    """Note that `operation` ran on (or produced) `tensors`: their dtypes go to the active log."""
+def record_dtype(operation: str, *tensors):
+    """Note that `operation` ran on (or produced) `tensors`: their dtypes go to the active log.
+    Returns the last tensor, unchanged."""
     if _dtype_log is not None:
         _dtype_log.append((operation, tuple(t.dtype for t in tensors)))
+    return tensors[-1]
 
 
 @contextmanager

@@ -163,10 +163,9 @@ class Linear(nn.Cell):
 
     def construct(self, x):
         x, w = to(x, self.matmul_dtype), to(self.w, self.matmul_dtype)
+        w = record_dtype("matmul", x, w)
         out = linear(x, w, to(self.b, self.bias_dtype))
-        record_dtype("matmul", x, w)
-        record_dtype("bias_add", out)  # O1: the float16 product + the float32 bias runs in float32
-        return out
+        return record_dtype("bias_add", out)  # O1: the float16 product + the float32 bias runs in float32
 
 
 class LayerNorm(nn.Cell):
@@ -183,8 +182,7 @@ class LayerNorm(nn.Cell):
     def construct(self, x):
         dtype = self.norm_dtype
         x = to(x, dtype)
-        out = layer_norm(x, to(self.g, dtype), to(self.b, dtype), self.eps)
-        record_dtype("layer_norm", x, out)
+        out = record_dtype("layer_norm", x, layer_norm(x, to(self.g, dtype), to(self.b, dtype), self.eps))
         return to(out, self.out_dtype)
 
 
@@ -208,8 +206,8 @@ class MHA(nn.Cell):
         dtype = self.matmul_dtype
         q, k_low, v_low = to(q, dtype), to(k, dtype), to(v, dtype)
         y, weights = attention(q, k_low, v_low, mask, self.softmax_dtype, n_keys)
-        record_dtype("matmul", q, k_low, v_low, y)  # q k^T and weights v
-        record_dtype("softmax", weights)
+        y = record_dtype("matmul", q, k_low, v_low, y)  # q k^T and weights v
+        weights = record_dtype("softmax", weights)
         return self.c_proj(merge_heads(y)), (k, v), weights
 
 
@@ -222,8 +220,7 @@ class MLP(nn.Cell):
         self.c_proj = Linear(params["c_proj"], precision)
 
     def construct(self, x):
-        h = gelu(self.c_fc(x))
-        record_dtype("gelu", h)
+        h = record_dtype("gelu", gelu(self.c_fc(x)))
         return self.c_proj(h)
 
 
@@ -240,11 +237,9 @@ class GPT2Block(nn.Cell):
     def construct(self, x, mask, past=None, cache_write=None):
         """-> (x [B, T, C], present, (attn out, attn weights, mlp out)) -- the last for tracing."""
         a, present, weights = self.attn(self.ln_1(x), mask, past, cache_write)
-        x = x + a
-        record_dtype("residual", x)
+        x = record_dtype("residual", x + a)
         m = self.mlp(self.ln_2(x))
-        x = x + m
-        record_dtype("residual", x)
+        x = record_dtype("residual", x + m)
         return x, present, (a, weights, m)
 
 
@@ -261,13 +256,9 @@ class GPT1Block(nn.Cell):
     def construct(self, x, mask, past=None, cache_write=None):
         """-> (h [B, T, C], present, (attn out, attn weights, mlp out)) -- the last for tracing."""
         a, present, weights = self.attn(x, mask, past, cache_write)
-        s = x + a
-        record_dtype("residual", s)
-        n = self.ln_1(s)
+        n = self.ln_1(record_dtype("residual", x + a))
         m = self.mlp(n)
-        s = n + m
-        record_dtype("residual", s)
-        h = self.ln_2(s)
+        h = self.ln_2(record_dtype("residual", n + m))
         return h, present, (a, weights, m)
 
 

@@ -95,16 +95,14 @@ class GPTModel(nn.Cell):
         """[B, T] ids -> [B, T, C]: token plus position embedding."""
         dtype = self.elementwise_dtype
         x = to(ops.gather(self.wte, ids, 0), dtype) + to(ops.gather(self.wpe, position_ids, 0), dtype)
-        record_dtype("embed", x)
-        return x
+        return record_dtype("embed", x)
 
     def lm_head(self, x):
         """Logits [B, T, V] from the tied embedding, in the logits dtype."""
         dtype = self.logits_dtype
         B, T, C = x.shape
         x, wte = to(x, dtype), to(self.wte, dtype)
-        logits = self.matmul_t(x.reshape(B * T, C), wte)
-        record_dtype("logits", x, wte, logits)
+        logits = record_dtype("logits", x, wte, self.matmul_t(x.reshape(B * T, C), wte))
         return logits.reshape(B, T, -1)
 
     def run(self, ids, position_ids, mask, past=None, cache_write=None, last_only=False):

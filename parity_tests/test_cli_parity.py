@@ -11,6 +11,7 @@ from gptspec.cli import main
 from gptspec.parity import probe_params
 
 from .conftest import require_reference
+from .test_parity_mutations import tiny_checkpoint  # noqa: F401  (the fixture: the mutations' small checkpoint)
 
 pytest.importorskip("mindspore", reason="mindspore extra not installed")
 ms_backend = pytest.importorskip("ms_backend", reason="mindspore extra not installed")
@@ -34,35 +35,42 @@ def test_json_report_covers_every_tensor_and_passes(capsys, checkpoint):
     names = [row["tensor"] for row in report["tensors"]]
     expected = {}
     R.forward(TINY, probe_params(TINY, 4), np.array([1, 2, 3, 4, 5]), trace=expected)
-    assert names == [*expected, "logits (model output)", "logits (KV cache)"]
+    single = [*expected, "logits (model output)", "logits (KV cache)"]
+    padded = [f"padded: {name}" for name in single]  # the prompt with its first position left padded
+    assert names == [*expected, *padded[:len(expected)], single[-2], padded[-2], single[-1], padded[-1]]
+    assert report["settings"]["padded_row_padding"] == 1
     assert report["passed"] and all(row["passed"] for row in report["tensors"])
     assert report["settings"]["amp_level"] == "O0" and report["settings"]["dtype"] == "float32"
     assert report["top1_agreement"] == 1.0 and report["generation"]["first_divergence"] is None
     assert all(0 <= row["max_abs_err"] <= row["allowed_abs_err"] for row in report["tensors"])
 
 
-def test_table_at_an_amp_level_in_graph_mode(capsys, checkpoint):
-    assert main(["parity", "--weights", checkpoint, "--amp", "O2", "--mode", "graph", "--max-new-tokens", "2"]) == 0
+def test_table_at_an_amp_level(capsys, checkpoint):
+    assert main(["parity", "--weights", checkpoint, "--amp", "O2", "--max-new-tokens", "2"]) == 0
     out = capsys.readouterr().out
-    assert "amp_level=O2" in out and "dtype=float16" in out and "mode=graph" in out
-    assert "| blocks.1.mlp " in out and "top-1 agreement" in out and out.rstrip().endswith("PASS")
+    assert "amp_level=O2" in out and "dtype=float16" in out and "mode=pynative" in out
+    assert "| blocks.1.mlp " in out and "| padded: blocks.1.mlp " in out and "err/noise" in out
+    assert "dtype policy" in out and "top-1 agreement" in out and out.rstrip().endswith("PASS")
 
 
 @pytest.mark.parametrize("mode", ("pynative", "graph"))
 @pytest.mark.parametrize("amp", ("O0", "O1", "O2", "O3"))
-def test_every_mode_and_amp_level_the_cli_offers_passes(capsys, checkpoint, mode, amp):
-    """Each --mode x --amp through the CLI: every traced tensor, the model's own output (graph
-    mode: the compiled static step), the second half of the prompt through a KV cache handed over
-    as NumPy arrays, and a greedy continuation (PyNative: the dynamic cache; graph: the static one)."""
-    assert main(["parity", "--weights", checkpoint, "--prompt-ids", "3 1 4 1 5 9 2 6", "--amp", amp,
-                 "--mode", mode, "--max-new-tokens", "3", "--json"]) == 0
+def test_every_mode_and_amp_level_the_cli_offers_passes(capsys, tiny_checkpoint, mode, amp):
+    """Each --mode x --amp through the CLI, on the small checkpoint the mutation tests break (these
+    are the unbroken runs they are measured against): every traced tensor of the prompt and of its
+    left-padded copy, the model's own output (graph mode: the compiled static step), the second
+    half of the prompt through a KV cache handed over as NumPy arrays, the dtype policy, and a
+    greedy continuation (PyNative: the dynamic cache; graph: the static one)."""
+    assert main(["parity", "--weights", tiny_checkpoint, "--amp", amp, "--mode", mode, "--max-new-tokens", "3",
+                 "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     settings = report["settings"]
     assert (settings["amp_level"], settings["mode"]) == (amp, mode)
     assert settings["dtype"] == ("float32" if amp == "O0" else "float16")
     rows = {row["tensor"]: row for row in report["tensors"]}
-    for name in ("logits (model output)", "logits (KV cache)", "blocks.1.attn_weights", "ln_f"):
+    for name in ("logits (model output)", "logits (KV cache)", "padded: logits (KV cache)", "blocks.1.attn_weights"):
         assert rows[name]["passed"] and rows[name]["finite"], rows[name]
+    assert report["dtype_policy"] and all(check["passed"] for check in report["dtype_policy"])
     generation = report["generation"]
     assert generation["passed"] and len(generation["backend"]) == len(generation["reference"]) == 3
 

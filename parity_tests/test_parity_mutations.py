@@ -203,18 +203,33 @@ def error_over_bound(row: dict) -> float:
     return row["max_abs_err"] / row["allowed_abs_err"] if row["allowed_abs_err"] else float("inf")
 
 
+def error_over_noise(row: dict) -> float | None:
+    """Error / the measured noise of the spec at the backend's precision (None without one)."""
+    if row.get("error_over_noise") is None:
+        return None
+    return row["error_over_noise"] if row["finite"] else float("inf")
+
+
 def summarize(report: dict) -> dict:
-    """The first failing check of a JSON report and its worst row by error / bound."""
-    failing = [row["tensor"] for row in report["tensors"] if not row["passed"]]
+    """A JSON report in one line of the variant table: the failing checks in the order the report
+    lists them (tensors, the dtype policy, the generation), and the worst row by error / bound
+    and by error / measured noise."""
+    failing = [row["tensor"] + ("" if row["finite"] else " (non-finite)")
+               for row in report["tensors"] if not row["passed"]]
+    failing += [f"dtype policy: {c['operation']} ran in {'/'.join(sorted(set(c['observed'])))}, "
+                f"{c['expected']} expected" for c in report.get("dtype_policy", []) if not c["passed"]]
     generation = report.get("generation")
     if generation and not generation["passed"]:
         failing.append(f"greedy generation (token {generation['first_divergence']})")
-    failing += [f"{key}" for key, value in report.items()
-                if isinstance(value, dict) and value.get("passed") is False and key != "generation"]
     worst = max(report["tensors"], key=error_over_bound)
-    return {"first_failing": failing[0] if failing else None, "worst_tensor": worst["tensor"],
-            "max_abs_err": worst["max_abs_err"], "allowed_abs_err": worst["allowed_abs_err"],
-            "error_over_bound": error_over_bound(worst), "failing": failing}
+    noisy = [row for row in report["tensors"] if error_over_noise(row) is not None]
+    worst_noise = max(noisy, key=error_over_noise) if noisy else None
+    return {"first_failing": failing[0] if failing else None, "n_failing": len(failing),
+            "worst_tensor": worst["tensor"], "max_abs_err": worst["max_abs_err"],
+            "allowed_abs_err": worst["allowed_abs_err"], "error_over_bound": error_over_bound(worst),
+            "worst_noise_tensor": worst_noise["tensor"] if worst_noise else None,
+            "error_over_noise": error_over_noise(worst_noise) if worst_noise else None,
+            "noise_multiple": report.get("noise_multiple")}
 
 
 @pytest.fixture(scope="module")
@@ -254,16 +269,20 @@ def check_the_variant_fails_the_cli(variant, capsys, args, monkeypatch):
     return summary
 
 
-@pytest.mark.parametrize("amp, mode", levels_and_modes(VARIANTS.values()))
+# Every level and mode a variant of the three files lives at: the unbroken backend passes the
+# suite there (below) and the CLI there (test_cli_parity.py runs every --mode x --amp on
+# tiny_checkpoint).  The other files check that their variants stay within this list.
+UNBROKEN_RUNS = [("O0", "pynative"), ("O0", "graph"), ("O1", "pynative"), ("O2", "pynative"), ("O3", "pynative")]
+
+
+@pytest.mark.parametrize("amp, mode", UNBROKEN_RUNS)
 @pytest.mark.parametrize("arch", CONFIGS)
 def test_the_unbroken_backend_passes(arch, amp, mode):
     check_the_unbroken_backend_passes(arch, amp, mode)
 
 
-@pytest.mark.parametrize("amp, mode", levels_and_modes(VARIANTS.values()))
-def test_the_unbroken_backend_passes_the_cli(capsys, tiny_checkpoint, amp, mode):
-    status, report = cli_run(capsys, ["--weights", tiny_checkpoint, "--amp", amp, "--mode", mode])
-    assert status == 0 and report["passed"], json.dumps(report, indent=1)
+def test_the_unbroken_runs_cover_these_variants():
+    assert set(levels_and_modes(VARIANTS.values())) <= set(UNBROKEN_RUNS)
 
 
 @pytest.mark.parametrize("arch, name", variants_and_archs(VARIANTS.values()))
@@ -311,25 +330,31 @@ def default_run_row(variant: Variant | None, cli_args: list[str]) -> dict:
 
 
 def print_default_run_table(variants) -> None:
+    """One markdown row per run: the unbroken backend at every level/mode the variants use, then
+    each variant at its own."""
     import time
 
-    print("| variant | where | run | exit | first failing check | worst tensor | max abs err / allowed "
-          "(= error/bound) | seconds |")
+    print("| variant | where | run | exit | first failing check (of n) | worst err / bound (tensor) "
+          "| worst err / noise (tensor) | s |")
     print("|---|---|---|---|---|---|---|---|")
-    baselines = [None] + [v for v in variants]
-    for variant in baselines:
-        args = variant.cli_args if variant is not None else []
-        runs = [(variant, args)] if variant is not None else [
-            (None, a) for a in (["--amp", amp, "--mode", mode] for amp, mode in levels_and_modes(variants))]
-        for v, cli_args in runs:
-            start = time.perf_counter()
-            row = default_run_row(v, cli_args)
-            seconds = time.perf_counter() - start
-            ratio = (f"{row['max_abs_err']:.3g} / {row['allowed_abs_err']:.3g} = {row['error_over_bound']:.3g}"
-                     if "max_abs_err" in row else "")
-            print(f"| {v.name if v else '(unbroken)'} | {v.where if v else ''} | gptspec parity {' '.join(cli_args)} "
-                  f"| {row['status']} | {row['first_failing']} | {row.get('worst_tensor', '')} | {ratio} "
-                  f"| {seconds:.1f} |", flush=True)
+    runs = [(None, ["--amp", amp, "--mode", mode]) for amp, mode in levels_and_modes(variants)]
+    runs += [(v, v.cli_args) for v in variants]
+    for variant, cli_args in runs:
+        start = time.perf_counter()
+        row = default_run_row(variant, cli_args)
+        seconds = time.perf_counter() - start
+        if "max_abs_err" in row:
+            bound = (f"{row['max_abs_err']:.3g} / {row['allowed_abs_err']:.3g} = {row['error_over_bound']:.3g} "
+                     f"({row['worst_tensor']})")
+            noise = ("-" if row["error_over_noise"] is None else
+                     f"{row['error_over_noise']:.3g} of {row['noise_multiple']:g} allowed ({row['worst_noise_tensor']})")
+            first = f"{row['first_failing']} (of {row['n_failing']})"
+        else:
+            bound = noise = "-"
+            first = row["first_failing"]
+        print(f"| {variant.name if variant else '(unbroken)'} | {variant.where if variant else ''} "
+              f"| gptspec parity {' '.join(cli_args)} | {row['status']} | {first} | {bound} | {noise} "
+              f"| {seconds:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,24 @@ pytestmark = pytest.mark.mindspore
 
 import mindspore as ms  # noqa: E402  (after the importorskip)
 
-from ms_backend.amp import to  # noqa: E402
+from ms_backend.amp import record_dtype, to  # noqa: E402
 from ms_backend.layers import linear  # noqa: E402
 
-from .test_parity_mutations import (CONFIGS, Variant, after_init, check_the_unbroken_backend_passes,  # noqa: E402
-                                    check_the_variant_fails_the_cli, check_the_variant_fails_the_suite, cli_run,
-                                    levels_and_modes, variants_and_archs)
+from .test_parity_mutations import (UNBROKEN_RUNS, Variant, after_init, check_the_variant_fails_the_cli,  # noqa: E402
+                                    check_the_variant_fails_the_suite, levels_and_modes, variants_and_archs)
 from .test_parity_mutations import tiny_checkpoint  # noqa: E402,F401  (the fixture, used here too)
 
 
 def bias_add_in_low_precision(monkeypatch):
-    """O1: the bias is added to the matmul's float16 result before the cast to float32, not
-    after it (the Linear still hands float32 on, as O1 says)."""
+    """O1: the bias cast to the matmul's float16 and added there; the sum is cast to float32
+    afterwards, so the Linear still hands float32 on, as O1 says.  (The Cell's dtype records sit
+    where the unbroken Linear has them: a port with this bug would carry them too.)"""
     def construct(self, x):
-        low = self.matmul_dtype
-        return to(linear(to(x, low), to(self.w, low), to(self.b, low)), self.bias_dtype)
+        x, w = to(x, self.matmul_dtype), to(self.w, self.matmul_dtype)
+        out = linear(x, w, to(self.b, self.matmul_dtype))
+        record_dtype("matmul", x, w)
+        record_dtype("bias_add", out)
+        return to(out, self.bias_dtype)
 
     monkeypatch.setattr(ms_backend.layers.Linear, "construct", construct)
 
@@ -61,16 +64,21 @@ def residual_in_float32(monkeypatch):
     def gpt2_construct(self, x, mask, past=None, cache_write=None):
         a, present, weights = self.attn(self.ln_1(x), mask, past, cache_write)
         x = to(x, ms.float32) + to(a, ms.float32)
+        record_dtype("residual", x)
         m = self.mlp(self.ln_2(x))
         x = x + to(m, ms.float32)
+        record_dtype("residual", x)
         return x, present, (a, weights, m)
 
     def gpt1_construct(self, x, mask, past=None, cache_write=None):
         a, present, weights = self.attn(x, mask, past, cache_write)
-        n = self.ln_1(to(x, ms.float32) + to(a, ms.float32))
+        s = to(x, ms.float32) + to(a, ms.float32)
+        record_dtype("residual", s)
+        n = self.ln_1(s)
         m = self.mlp(n)
-        h = self.ln_2(to(n, ms.float32) + to(m, ms.float32))
-        return h, present, (a, weights, m)
+        s = to(n, ms.float32) + to(m, ms.float32)
+        record_dtype("residual", s)
+        return self.ln_2(s), present, (a, weights, m)
 
     monkeypatch.setattr(ms_backend.layers.GPT2Block, "construct", gpt2_construct)
     monkeypatch.setattr(ms_backend.layers.GPT1Block, "construct", gpt1_construct)
@@ -85,16 +93,9 @@ VARIANTS = {v.name: v for v in [
 ]}
 
 
-@pytest.mark.parametrize("amp, mode", levels_and_modes(VARIANTS.values()))
-@pytest.mark.parametrize("arch", CONFIGS)
-def test_the_unbroken_backend_passes_at_each_level(arch, amp, mode):
-    check_the_unbroken_backend_passes(arch, amp, mode)
-
-
-@pytest.mark.parametrize("amp, mode", levels_and_modes(VARIANTS.values()))
-def test_the_unbroken_backend_passes_the_cli_at_each_level(capsys, tiny_checkpoint, amp, mode):
-    status, report = cli_run(capsys, ["--weights", tiny_checkpoint, "--amp", amp, "--mode", mode])
-    assert status == 0 and report["passed"]
+def test_the_unbroken_runs_cover_these_variants():
+    """The unbroken backend passes at these levels and modes: test_parity_mutations.UNBROKEN_RUNS."""
+    assert set(levels_and_modes(VARIANTS.values())) <= set(UNBROKEN_RUNS)
 
 
 @pytest.mark.parametrize("arch, name", variants_and_archs(VARIANTS.values()))

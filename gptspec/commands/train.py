@@ -11,7 +11,6 @@ import argparse
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -149,13 +148,31 @@ def check_numbers(opts: dict, free: dict) -> None:
 
 
 def distributed_rank() -> tuple[int, int]:
-    """(rank, world size). The loop shards batches by rank and only rank 0 writes; the data-parallel
-    backend under msrun is not wired yet, so a multi-process launch is refused rather than having
-    every process train alone and write the same folder."""
-    world = int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")) or 1)
-    if world > 1:
-        raise ValueError(f"gptspec train under msrun ({world} workers) is not supported yet: run one process")
-    return 0, 1
+    """(rank, world size): rank 0 of 1 in one process; under msrun, this process's place in the
+    data-parallel job (ms_backend.distributed joins the cluster -- msrun's scheduler process, which
+    runs this command too, serves the cluster inside that call and exits there).  The loop gives
+    each rank its share of every --batch-size rows and only rank 0 writes."""
+    if "MS_ROLE" not in os.environ:     # msrun's variable (ms_backend.distributed.under_msrun)
+        return 0, 1
+    from ms_backend.distributed import init_data_parallel
+
+    topology = init_data_parallel()
+    return topology.rank, topology.world_size
+
+
+def data_parallel(backend, opts: dict, rank: int, world_size: int):
+    """Under msrun: check that --batch-size splits over the ranks, and run the MindSpore Trainer
+    data-parallel (the global target count, the gradient all-reduce).  One process: unchanged."""
+    if world_size == 1:
+        return backend
+    from ms_backend.distributed import DataParallelTrainer, Topology, check_global_batch
+
+    if opts["backend"] != "mindspore":
+        raise ValueError(f"--backend {opts['backend']} cannot train data-parallel under msrun "
+                         f"({world_size} workers): use --backend mindspore, or run one process")
+    check_global_batch(opts["batch_size"], Topology(rank, world_size), what="--batch-size")
+    backend.trainer = DataParallelTrainer(backend.trainer, Topology(rank, world_size))
+    return backend
 
 
 def run(args) -> int:
@@ -211,7 +228,7 @@ def run(args) -> int:
     hyper = Hyper(lr=opts["lr"], total_steps=opts["steps"], warmup_steps=opts["warmup"], min_lr=opts["min_lr"],
                   schedule=opts["schedule"], weight_decay=opts["weight_decay"],
                   max_grad_norm=opts["max_grad_norm"] or None, dropout=opts["dropout"], seed=opts["seed"])
-    backend = setup.make_backend(opts, config, params, hyper)
+    backend = data_parallel(setup.make_backend(opts, config, params, hyper), opts, rank, world_size)
     if start_state is not None:
         backend.read_files(checkpoint)
         order = BatchOrder.from_state(start_state["data"])
@@ -238,6 +255,8 @@ def run(args) -> int:
     except Interrupted as stop:
         print(f"gptspec train: {stop}", file=sys.stderr)
         return 130
+    if rank != 0:       # data parallel: the other ranks hold the same model and write nothing
+        return 0
     report(summary, folder, opts, say)
     if plot_losses(folder.path / "log.jsonl", folder.path / PLOT_FILE) is None:
         say("loss.png not drawn: matplotlib is not installed (pip install 'gptspec[plot]')")

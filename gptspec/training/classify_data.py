@@ -45,11 +45,11 @@ class ClassifyRows:
 
 def read_rows(paths, *, columns: tuple[str, str], argument: str = "--data") -> list[tuple[str, str, str]]:
     """(text, label, where) of every row of .jsonl or .csv files; `columns` = (text column, label column)."""
-    from .data import _read_text
+    from .data import read_text_file
 
     rows = []
     for path in map(Path, paths):
-        text = _read_text(path, argument)
+        text = read_text_file(path, argument)
         if path.suffix == ".csv":
             records = _csv_records(path, text, columns, argument)
         elif path.suffix == ".jsonl":

@@ -61,7 +61,7 @@ def read_documents(paths, *, split_on_blank_lines: bool = False, argument: str =
         raise ValueError(f"{argument}: no files given")
     documents: list[Document] = []
     for path in map(Path, paths):
-        text = _read_text(path, argument)
+        text = read_text_file(path, argument)
         if path.suffix == ".jsonl":
             documents += _jsonl_documents(path, text, argument)
         elif split_on_blank_lines:
@@ -72,7 +72,7 @@ def read_documents(paths, *, split_on_blank_lines: bool = False, argument: str =
     return documents
 
 
-def _read_text(path: Path, argument: str) -> str:
+def read_text_file(path: Path, argument: str) -> str:
     if not path.exists():
         raise ValueError(f"{argument}: {path} does not exist")
     if path.is_dir():

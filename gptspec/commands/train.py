@@ -32,7 +32,7 @@ PATH_OPTIONS = ("data", "valid", "weights", "vocab")
 DEMO = dict(demo=True, config="gpt2", n_layer=4, n_embd=128, n_head=4, n_ctx=128, train_tokenizer=2048,
             pack=True, seq_len=128, batch_size=16, lr=2e-3, min_lr=2e-4, warmup=30, steps=300, weight_decay=0.1,
             dropout=0.0, backend="numpy")
-DEMO_FREE = dict(eval_every=100, save_every=100)
+DEMO_FREE = dict(eval_every=50, save_every=100)
 DEMO_PROMPTS = ("The for statement", "A class definition")
 
 

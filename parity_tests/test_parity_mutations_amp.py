@@ -28,9 +28,8 @@ def bias_add_in_low_precision(monkeypatch):
     where the unbroken Linear has them: a port with this bug would carry them too.)"""
     def construct(self, x):
         x, w = to(x, self.matmul_dtype), to(self.w, self.matmul_dtype)
-        out = linear(x, w, to(self.b, self.matmul_dtype))
-        record_dtype("matmul", x, w)
-        record_dtype("bias_add", out)
+        w = record_dtype("matmul", x, w)
+        out = record_dtype("bias_add", linear(x, w, to(self.b, self.matmul_dtype)))
         return to(out, self.bias_dtype)
 
     monkeypatch.setattr(ms_backend.layers.Linear, "construct", construct)
@@ -63,22 +62,17 @@ def residual_in_float32(monkeypatch):
     operation in float16), so the residual stream leaves the level's dtype."""
     def gpt2_construct(self, x, mask, past=None, cache_write=None):
         a, present, weights = self.attn(self.ln_1(x), mask, past, cache_write)
-        x = to(x, ms.float32) + to(a, ms.float32)
-        record_dtype("residual", x)
+        x = record_dtype("residual", to(x, ms.float32) + to(a, ms.float32))
         m = self.mlp(self.ln_2(x))
-        x = x + to(m, ms.float32)
-        record_dtype("residual", x)
+        x = record_dtype("residual", x + to(m, ms.float32))
         return x, present, (a, weights, m)
 
     def gpt1_construct(self, x, mask, past=None, cache_write=None):
         a, present, weights = self.attn(x, mask, past, cache_write)
-        s = to(x, ms.float32) + to(a, ms.float32)
-        record_dtype("residual", s)
-        n = self.ln_1(s)
+        n = self.ln_1(record_dtype("residual", to(x, ms.float32) + to(a, ms.float32)))
         m = self.mlp(n)
-        s = to(n, ms.float32) + to(m, ms.float32)
-        record_dtype("residual", s)
-        return self.ln_2(s), present, (a, weights, m)
+        h = self.ln_2(record_dtype("residual", to(n, ms.float32) + to(m, ms.float32)))
+        return h, present, (a, weights, m)
 
     monkeypatch.setattr(ms_backend.layers.GPT2Block, "construct", gpt2_construct)
     monkeypatch.setattr(ms_backend.layers.GPT1Block, "construct", gpt1_construct)

@@ -26,7 +26,7 @@ import numpy as np
 
 import ref_numpy
 from gptspec.compare import Comparison, compare
-from gptspec.emulate import POLICIES, emulated_forward
+from gptspec.emulate import emulated_forward
 from gptspec.parity_report import GenerationCheck, ParityReport, PolicyCheck
 from gptspec.tolerances import Bound, amp_bound, near_tie_gap, noise_bound, trace_depth
 from ref_numpy.validation import as_token_ids, check_length

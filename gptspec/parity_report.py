@@ -102,8 +102,8 @@ class ParityReport:
                  f"|{'-' * 36}|{'-' * 20}|{'-' * 13}|{'-' * 11}|{'-' * 11}|{'-' * 11}|{'-' * 18}|-----------|"]
         for row in self.rows:
             result = "ok" if row.passed else ("NONFINITE" if not row.finite else "FAIL")
-            lines.append(f"| {row.name:<34} | {str(list(row.shape)):<18} | {row.max_abs:>11.3e} | {row.allowed:>9.2e} | "
-                         f"{_ratio(row.bound_ratio):>9} | {_ratio(row.noise_ratio):>9} | "
+            lines.append(f"| {row.name:<34} | {str(list(row.shape)):<18} | {row.max_abs:>11.3e} | "
+                         f"{row.allowed:>9.2e} | {_ratio(row.bound_ratio):>9} | {_ratio(row.noise_ratio):>9} | "
                          f"{str(list(row.where)):<16} | {result:<9} |")
         slack = self.slack()
         lines.append(f"worst err/bound {_ratio(slack['worst_error_over_bound'])} (fails above 1), worst err/noise "

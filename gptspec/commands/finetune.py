@@ -16,7 +16,8 @@ import numpy as np
 from gptspec.commands.train import check_numbers, distributed_rank, resolve_options
 
 RUN_DEFAULTS = dict(
-    task="classify", data=None, valid=None, text_column="text", label_column="label", seq_len=None,
+    task="classify", data=None, valid=None, text_column=None, premise_column="premise",
+    hypothesis_column="hypothesis", label_column="label", seq_len=None,
     model=None, weights=None, config=None, n_layer=None, n_embd=None, n_head=None, n_ctx=None, vocab=None,
     train_tokenizer=None, backend="numpy", lm_coef=0.5, lr=6.25e-5, min_lr=0.0, warmup=0, schedule="linear",
     weight_decay=0.01, max_grad_norm=1.0, batch_size=8, grad_accum=1, steps=None, epochs=None, seed=0)
@@ -28,11 +29,14 @@ def register(subparsers):
     parser = subparsers.add_parser("finetune", help="fine-tune a GPT for text classification (GPT-1's head)",
                                    description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=("classify",),
-                        help="classify: (text, label) rows (entail, similar and choice are not built yet)")
+    parser.add_argument("--task", choices=("classify", "entail"),
+                        help="classify: (text, label) rows; entail: (premise, hypothesis, label) rows "
+                             "(similar and choice are not built yet)")
     parser.add_argument("--data", nargs="+", metavar="FILE", help=".jsonl or .csv rows with a text and a label column")
     parser.add_argument("--valid", nargs="+", metavar="FILE", help="held-out rows: accuracy each epoch, best kept")
-    parser.add_argument("--text-column", help="default 'text'")
+    parser.add_argument("--text-column", help="classify: default 'text'")
+    parser.add_argument("--premise-column", help="entail: default 'premise'")
+    parser.add_argument("--hypothesis-column", help="entail: default 'hypothesis'")
     parser.add_argument("--label-column", help="default 'label' (strings or integers)")
     parser.add_argument("--seq-len", type=int, help="tokens per row (default: the longest row, at most n_ctx)")
     parser.add_argument("--model", metavar="NAME", help="published weights (e.g. openai-gpt, gpt2)")
@@ -80,7 +84,10 @@ def run(args) -> int:
     check_numbers({**opts, "valid_fraction": 0}, free)
     if opts["lm_coef"] < 0:
         raise ValueError(f"--lm-coef must be >= 0, got {opts['lm_coef']}")
-    columns = (opts["text_column"], opts["label_column"])
+    if opts["task"] == "classify":
+        columns = (opts["text_column"] or "text", opts["label_column"])
+    else:
+        columns = (opts["premise_column"], opts["hypothesis_column"], opts["label_column"])
     train_rows = read_rows(opts["data"], columns=columns, argument="--data")
     valid_rows = read_rows(opts["valid"], columns=columns, argument="--valid") if opts["valid"] else None
     labels = label_set(train_rows)
@@ -94,15 +101,16 @@ def run(args) -> int:
         tokenizer = ref_numpy.Tokenizer.from_dir(checkpoint)
         special = saved["special_tokens"]
     else:
-        config, params, tokenizer = setup.build_model(opts, [Document(t) for t, _, _ in train_rows], say)
+        config, params, tokenizer = setup.build_model(opts, [Document("\n".join(t)) for t, _, _ in train_rows], say)
         special = special_ids(tokenizer.n_vocab)
         tokenizer = type(tokenizer)({**tokenizer.vocab, **special}, tokenizer.ranks, name=tokenizer.name)
         params = ref_numpy.add_tokens(params, len(special), seed=opts["seed"])
         config = config.replace(n_vocab=tokenizer.n_vocab)
         head = ref_numpy.init_classifier(config, len(labels), opts["seed"])
     if opts["seq_len"] is None:
-        longest = max(len(tokenizer.encode_ordinary(t)) for t, _, _ in train_rows + (valid_rows or []))
-        opts["seq_len"] = min(config.n_ctx, longest + 2)
+        longest = max(sum(len(tokenizer.encode_ordinary(t)) for t in texts) + len(texts) + 1
+                      for texts, _, _ in train_rows + (valid_rows or []))
+        opts["seq_len"] = min(config.n_ctx, longest)
     if opts["seq_len"] > config.n_ctx:
         raise ValueError(f"--seq-len {opts['seq_len']} is longer than the model's context n_ctx={config.n_ctx}")
     train = encode_rows(train_rows, tokenizer, special, labels, seq_len=opts["seq_len"], argument="--data")
@@ -125,7 +133,7 @@ def run(args) -> int:
                   schedule=opts["schedule"], weight_decay=opts["weight_decay"],
                   max_grad_norm=opts["max_grad_norm"] or None, seed=opts["seed"])
     backend = NumpyClassifierBackend(config, params, head, hyper, lm_coef=opts["lm_coef"], labels=labels,
-                                     special=special)
+                                     special=special, task=opts["task"])
     if start_state is not None:
         backend.read_files(checkpoint)
         order = BatchOrder.from_state(start_state["data"])
@@ -161,7 +169,8 @@ def run(args) -> int:
 
 
 def classify_texts(folder, texts: list[str]) -> tuple[list[str], np.ndarray]:
-    """(labels, probabilities [len(texts), n_labels]) of a fine-tuned checkpoint on `texts`."""
+    """(labels, probabilities [len(texts), n_labels]) of a fine-tuned checkpoint on `texts` (for an
+    entail model each text is 'premise<TAB>hypothesis')."""
     import ref_numpy
     from gptspec.training.backends import Hyper
     from gptspec.training.classify_backend import NumpyClassifierBackend, load_classifier
@@ -169,11 +178,16 @@ def classify_texts(folder, texts: list[str]) -> tuple[list[str], np.ndarray]:
 
     config, params, head, saved = load_classifier(folder)
     tokenizer = ref_numpy.Tokenizer.from_dir(folder)
-    labels = saved["labels"]
-    rows = [(t, labels[0], f"text {i + 1}") for i, t in enumerate(texts)]
-    longest = max(len(tokenizer.encode_ordinary(t)) for t in texts)
-    encoded = encode_rows(rows, tokenizer, saved["special_tokens"], labels, seq_len=min(config.n_ctx, longest + 2),
+    labels, task = saved["labels"], saved.get("task", "classify")
+    rows = []
+    for i, text in enumerate(texts):
+        parts = tuple(text.split("\t")) if task == "entail" else (text,)
+        if task == "entail" and len(parts) != 2:
+            raise ValueError(f"text {i + 1}: an entail model takes 'premise<TAB>hypothesis', got {text!r}")
+        rows.append((parts, labels[0], f"text {i + 1}"))
+    longest = max(sum(len(tokenizer.encode_ordinary(t)) for t in parts) + len(parts) + 1 for parts, _, _ in rows)
+    encoded = encode_rows(rows, tokenizer, saved["special_tokens"], labels, seq_len=min(config.n_ctx, longest),
                           argument="text")
     backend = NumpyClassifierBackend(config, params, head, Hyper(lr=1.0, total_steps=1), lm_coef=0.0,
-                                     labels=labels, special=saved["special_tokens"])
+                                     labels=labels, special=saved["special_tokens"], task=task)
     return labels, backend.probabilities(encoded.ids, encoded.positions, encoded.attention_mask)

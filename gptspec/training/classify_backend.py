@@ -25,8 +25,8 @@ class NumpyClassifierBackend:
     name = "numpy"
 
     def __init__(self, config, params: dict, head: dict, hyper: Hyper, *, lm_coef: float, labels: list[str],
-                 special: dict[str, int]):
-        self.config, self.hyper, self.lm_coef = config, hyper, lm_coef
+                 special: dict[str, int], task: str = "classify"):
+        self.config, self.hyper, self.lm_coef, self.task = config, hyper, lm_coef, task
         self.labels, self.special = labels, special
         self.params = ref_numpy.cast_params(params, np.float32)
         self.head = {name: np.asarray(value, np.float32) for name, value in head.items()}
@@ -84,8 +84,9 @@ class NumpyClassifierBackend:
         weights.save(self.params, self.config, folder, format="safetensors")
         with open(folder / HEAD_FILE, "wb") as f:
             np.savez(f, **self.head)
-        (folder / LABELS_FILE).write_text(json.dumps({"labels": self.labels, "special_tokens": self.special,
-                                                      "lm_coef": self.lm_coef}, indent=2) + "\n", encoding="utf-8")
+        (folder / LABELS_FILE).write_text(json.dumps({"task": self.task, "labels": self.labels,
+                                                      "special_tokens": self.special, "lm_coef": self.lm_coef},
+                                                     indent=2) + "\n", encoding="utf-8")
         save_tree(self.optimizer, folder / "optimizer.npz", folder / "optimizer.json")
 
     def read_files(self, folder: Path) -> None:

@@ -1,14 +1,15 @@
-"""Fine-tuning data for GPT-1's classification task (`gptspec finetune --task classify`).
+"""Fine-tuning data for GPT-1's classification tasks (`gptspec finetune --task classify|entail`).
 
     rows = read_rows(["train.jsonl"], columns=("text", "label"))          # or a .csv with a header
     labels = label_set(rows)                                               # sorted; saved with the model
     data = encode_rows(rows, tokenizer, special, labels, seq_len=128)
 
-GPT-1's input transformation for classification (Radford et al. 2018, figure 1): the text between
-a start token and an extract token, `[_start_] text [_classify_]`; the head reads the last layer's
-hidden state at `_classify_`. The three tokens `_start_`, `_delimiter_`, `_classify_` are new ids
-after the tokenizer's last one (wte grows by three rows: ref_numpy.add_tokens). A text too long
-for --seq-len loses its tail, and the command says how many did.
+GPT-1's input transformations (Radford et al. 2018, figure 1): classification puts the text between
+a start and an extract token, `[_start_] text [_classify_]`; entailment joins premise and
+hypothesis with a delimiter, `[_start_] premise [_delimiter_] hypothesis [_classify_]`. The head
+reads the last layer's hidden state at `_classify_`. The three tokens are new ids after the
+tokenizer's last one (wte grows by three rows: ref_numpy.add_tokens). Texts too long for --seq-len
+lose their tails (the longer text first), and the command says how many rows were cut.
 """
 from __future__ import annotations
 
@@ -43,8 +44,12 @@ class ClassifyRows:
         return int(micro_batch[3].sum())
 
 
-def read_rows(paths, *, columns: tuple[str, str], argument: str = "--data") -> list[tuple[str, str, str]]:
-    """(text, label, where) of every row of .jsonl or .csv files; `columns` = (text column, label column)."""
+TASK_COLUMNS = {"classify": ("text",), "entail": ("premise", "hypothesis")}
+
+
+def read_rows(paths, *, columns: tuple[str, ...], argument: str = "--data") -> list[tuple[tuple, str, str]]:
+    """(texts, label, where) of every row of .jsonl or .csv files; `columns` = the text columns
+    (one for classify, premise and hypothesis for entail), then the label column."""
     from .data import read_text_file
 
     rows = []
@@ -55,19 +60,21 @@ def read_rows(paths, *, columns: tuple[str, str], argument: str = "--data") -> l
         elif path.suffix == ".jsonl":
             records = _jsonl_records(path, text, argument)
         else:
-            raise ValueError(f"{argument}: {path} must be .jsonl or .csv (rows with a {columns[0]!r} and a "
-                             f"{columns[1]!r} column)")
+            raise ValueError(f"{argument}: {path} must be .jsonl or .csv (rows with the columns "
+                             f"{', '.join(map(repr, columns))})")
         for where, record in records:
             for column in columns:
                 if column not in record:
                     raise ValueError(f"{argument}: {where}: no {column!r} column (it has {sorted(record)}); "
                                      f"name the columns with --text-column / --label-column")
-            value, label = record[columns[0]], record[columns[1]]
-            if not isinstance(value, str):
-                raise ValueError(f"{argument}: {where}: {columns[0]!r} must be text, got {value!r}")
+            texts, label = tuple(record[c] for c in columns[:-1]), record[columns[-1]]
+            for column, value in zip(columns, texts):
+                if not isinstance(value, str):
+                    raise ValueError(f"{argument}: {where}: {column!r} must be text, got {value!r}")
             if isinstance(label, bool) or not isinstance(label, (str, int)):
-                raise ValueError(f"{argument}: {where}: {columns[1]!r} must be a string or an integer, got {label!r}")
-            rows.append((value, str(label), where))
+                raise ValueError(f"{argument}: {where}: {columns[-1]!r} must be a string or an integer, "
+                                 f"got {label!r}")
+            rows.append((texts, str(label), where))
     if not rows:
         raise ValueError(f"{argument}: no rows in {', '.join(map(str, paths))}")
     return rows
@@ -112,9 +119,8 @@ def special_ids(n_vocab: int) -> dict[str, int]:
 
 def encode_rows(rows, tokenizer, special: dict[str, int], labels: list[str], *, seq_len: int,
                 argument: str = "--data") -> ClassifyRows:
-    """[_start_] text [_classify_], right-padded to seq_len, the text truncated to fit."""
-    if seq_len < 3:
-        raise ValueError(f"--seq-len must be >= 3 for [_start_] text [_classify_], got {seq_len}")
+    """[_start_] text [_classify_] or [_start_] premise [_delimiter_] hypothesis [_classify_],
+    right-padded to seq_len, the longer text cut first when the row does not fit."""
     index = {label: i for i, label in enumerate(labels)}
     n = len(rows)
     ids = np.zeros((n, seq_len), np.int64)
@@ -122,15 +128,26 @@ def encode_rows(rows, tokenizer, special: dict[str, int], labels: list[str], *, 
     positions = np.zeros(n, np.int64)
     targets = np.zeros(n, np.int64)
     truncated = 0
-    for r, (text, label, where) in enumerate(rows):
+    for r, (texts, label, where) in enumerate(rows):
         if label not in index:
             raise ValueError(f"{argument}: {where}: label {label!r} is not one of the training labels {labels}")
-        tokens = tokenizer.encode_ordinary(text)
-        if len(tokens) > seq_len - 2:
-            tokens, truncated = tokens[:seq_len - 2], truncated + 1
-        row = [special["_start_"], *tokens, special["_classify_"]]
+        n_special = len(texts) + 1                       # start, a delimiter between texts, classify
+        if seq_len < n_special + len(texts):
+            raise ValueError(f"--seq-len must be >= {n_special + len(texts)} for this task, got {seq_len}")
+        parts = [tokenizer.encode_ordinary(text) for text in texts]
+        if sum(map(len, parts)) > seq_len - n_special:
+            truncated += 1
+            while sum(map(len, parts)) > seq_len - n_special:
+                longest = max(range(len(parts)), key=lambda i: len(parts[i]))
+                parts[longest] = parts[longest][:-1]
+        row = [special["_start_"]]
+        for i, part in enumerate(parts):
+            row += ([special["_delimiter_"]] if i else []) + part
+        row.append(special["_classify_"])
         ids[r, :len(row)], mask[r, :len(row)] = row, 1
         positions[r], targets[r] = len(row) - 1, index[label]
-    notes = [f"{argument}: {n} rows, [_start_] text [_classify_] in {seq_len} tokens"
-             + (f"; {truncated} texts were longer and lost their tail" if truncated else "")]
+    shape = "[_start_] text [_classify_]" if len(rows[0][0]) == 1 else \
+        "[_start_] premise [_delimiter_] hypothesis [_classify_]"
+    notes = [f"{argument}: {n} rows, {shape} in {seq_len} tokens"
+             + (f"; {truncated} rows were longer and lost the tail of their longer text" if truncated else "")]
     return ClassifyRows(ids, mask, targets, positions, notes)

@@ -76,8 +76,8 @@ def test_each_level_rounds_where_its_policy_says_and_stays_within_its_derived_bo
 
 
 def test_the_float32_noise_of_the_default_config_sits_far_below_the_derived_bound():
-    """Why the measured reference exists: on the small config the float32 spec's own error is
-    >100x below forward_bound, so only the noise bound is close to what really happens."""
+    """Why the measured reference exists: on the small config the float32 spec's own error on the
+    logits is >100x below forward_bound, and on every tensor the noise bound is the tighter one."""
     config = CONFIGS["gpt2"]
     params = probe_params(config, 0)
     emulated, reference = {}, {}
@@ -86,7 +86,9 @@ def test_the_float32_noise_of_the_default_config_sits_far_below_the_derived_boun
     for name in reference:
         noise = tol.noise_bound(emulated[name], reference[name], "float32")
         derived = tol.forward_bound(config, "float32", tol.trace_depth(config, name))
-        assert noise.value < derived.allowed(reference[name]) / 10, name
+        assert noise.value < derived.allowed(reference[name]), name
+        if name == "logits":
+            assert noise.value / tol.NOISE_MULTIPLE < derived.allowed(reference[name]) / 100
         assert_close(name, emulated[name], reference[name], noise)  # the spec holds its own noise bound
 
 

@@ -1,5 +1,6 @@
-"""gptspec finetune: fine-tune GPT-1 or GPT-2 for text classification, GPT-1's way (a head on the
-_classify_ token, loss = classification + --lm-coef x language modelling).
+"""gptspec finetune: fine-tune GPT-1 or GPT-2 for text classification or entailment, GPT-1's way.
+
+A head on the _classify_ token; loss = classification + --lm-coef x language modelling.
 
     gptspec finetune --task classify --data train.csv --valid valid.csv --model openai-gpt --out clf/
     gptspec classify --weights clf/ "what a great film" "dull and far too long"

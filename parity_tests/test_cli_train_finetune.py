@@ -134,3 +134,38 @@ def test_entail_pairs_reach_the_stated_accuracy(task_files, tmp_path, capsys):
     assert main(["classify", "--weights", str(tmp_path / "run"), "Is this code or prose?\tx = f(1)"]) == 0
     assert capsys.readouterr().out.split("\t")[0] in ("code", "prose")
     fails(capsys, ["classify", "--weights", str(tmp_path / "run"), "no tab here"], "takes 'premise<TAB>hypothesis'")
+
+
+def test_finetune_resume_is_bit_exact(task_files, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during step 3, then --resume: the model, the head and the log equal an uninterrupted run's."""
+    import os
+    import signal
+
+    import numpy as np
+
+    import ref_numpy
+    from gptspec.training.classify_backend import NumpyClassifierBackend, load_classifier
+
+    args = ["finetune", "--task", "classify", "--data", str(task_files / "train.csv"), "--valid",
+            str(task_files / "valid.jsonl"), "--text-column", "paragraph", "--label-column", "source", *TINY,
+            "--steps", "6", "--eval-every", "2"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    original = NumpyClassifierBackend.train_step
+
+    def train_step(self, step, micro_batches):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, step, micro_batches)
+
+    monkeypatch.setattr(NumpyClassifierBackend, "train_step", train_step)
+    assert main([*args, "--out", str(tmp_path / "parts")]) == 130
+    monkeypatch.undo()
+    assert main(["finetune", "--resume", str(tmp_path / "parts"), "--no-progress"]) == 0
+    _, whole_params, whole_head, _ = load_classifier(tmp_path / "whole")
+    _, parts_params, parts_head, _ = load_classifier(tmp_path / "parts")
+    for name in whole_head:
+        assert np.array_equal(whole_head[name], parts_head[name])
+    flat_whole, flat_parts = ref_numpy.flatten_params(whole_params), ref_numpy.flatten_params(parts_params)
+    assert all(np.array_equal(flat_whole[k], flat_parts[k]) for k in flat_whole)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
+    assert strip(read_log(tmp_path / "parts" / "log.jsonl")) == strip(read_log(tmp_path / "whole" / "log.jsonl"))

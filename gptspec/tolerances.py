@@ -448,9 +448,12 @@ def data_parallel_param_bound(param_reference, grad_error: float, n_steps: int, 
 # update is computed from slightly different gradients -- but on a run that converges (a small model
 # fitting its batches) the separation stays below that per-step bound: the test asserts it at every
 # step, comparing the runs after the same number of APPLIED updates (a step skipped on overflow
-# changes nothing, so the AMP run lags by one step after each skip).  Observed (tiny GPT-2, 300 steps,
-# fp16): O1 4e-5, O2 2e-4, O3 3e-3 max difference, against allowed 0.1-0.15 x max(1, loss): the bound
-# catches a broken run (a wrong unscale, updates on overflowed steps, NaN weights), not a 1e-3 drift.
+# changes nothing, so the AMP run lags by one step after each skip).  Observed (GPT-2 C=32, 2 layers,
+# 300 steps fitting 8 x 15 targets, fp16, parity_tests/test_ms_train_amp.py): max difference O1 4.0e-5,
+# O2 2.0e-4, O3 0.22 (2 skipped steps: its learning-rate schedule runs 2 steps ahead of its updates);
+# worst difference / allowed at that step: O1 1.8e-4, O2 7.2e-4, O3 0.43.  So the bound is tight only
+# for O3; at O1/O2 it catches a broken run (updates on overflowed steps, NaN weights, a diverging or
+# stalled curve), not a small drift -- the gradient test (amp_backward_bound) is the precise check.
 
 def amp_backward_bound(config, amp_level: str, dtype="float16") -> Bound:
     """Gradients of an AMP training step vs the float64 spec, per tensor."""

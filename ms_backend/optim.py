@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import mindspore as ms
+import numpy as np
 from mindspore import log as ms_log
 from mindspore import ops
 from mindspore.experimental.optim import AdamW
@@ -80,8 +81,8 @@ def quiet_pynative_update(optimizer: AdamW):
 def optimizer_state(optimizer: AdamW, names: dict) -> dict:
     """{"m": {name: array}, "v": {name: array}, "step": int}: the first and second moments of each
     parameter (by its params-dict name; `names` maps Parameter.name to it) and the update count."""
-    m = {names[p.name]: avg.asnumpy() for p, avg in zip(optimizer.parameters, optimizer.exp_avg)}
-    v = {names[p.name]: avg.asnumpy() for p, avg in zip(optimizer.parameters, optimizer.exp_avg_sq)}
+    m = {names[p.name]: np.array(avg.asnumpy()) for p, avg in zip(optimizer.parameters, optimizer.exp_avg)}
+    v = {names[p.name]: np.array(avg.asnumpy()) for p, avg in zip(optimizer.parameters, optimizer.exp_avg_sq)}
     return {"m": m, "v": v, "step": int(optimizer.state_step.asnumpy())}
 
 

@@ -207,7 +207,9 @@ class Trainer:
 
     def params_numpy(self) -> dict:
         """The current (float32 master) parameters as the spec's params dict."""
-        return self._in_params_order({self.names[p.name]: as_numpy(p) for p in self.model.trainable_params()})
+        # copies: asnumpy() of a Parameter may share its memory, which the next update overwrites
+        return self._in_params_order({self.names[p.name]: np.array(as_numpy(p))
+                                      for p in self.model.trainable_params()})
 
     def optimizer_state_numpy(self) -> dict:
         """AdamW's state as ref_numpy.adamw_init/adamw_step hold it: {"step": updates applied so far

@@ -61,9 +61,14 @@ def gradient_comparisons(trainer, config, params32, params64, batch):
     return rows, loss, loss64
 
 
-def assert_gradients_match(trainer, config, params32, params64, batch):
+def assert_gradients_match(trainer, config, params32, params64, batch, *, measured_noise=True):
+    """Every tensor within the derived bound and (measured_noise) 8x the spec's own float32 noise.
+    The noise is a noise level only over many roundings: the hypothesis configs go down to one-
+    element tensors and one-token batches, where it is one rounding's luck, so they use the
+    derived bound alone."""
     rows, loss, loss64 = gradient_comparisons(trainer, config, params32, params64, batch)
-    failures = [c.describe() for pair in rows for c in pair if not c.passed]
+    failures = [c.describe() for derived, noise in rows for c in ((derived, noise) if measured_noise else (derived,))
+                if not c.passed]
     assert not failures, "\n".join(failures)
     loss_bound = forward_bound(config, "float32")
     assert abs(loss - loss64) <= loss_bound.allowed(loss64), (loss, loss64, loss_bound.reason)
@@ -80,25 +85,28 @@ def test_gradients_match_the_float64_spec_per_tensor(config, side, seed, data):
     lengths = data.draw(st.lists(st.integers(2, length), min_size=1, max_size=3))
     params32, params64 = float32_model(config, seed)
     trainer = Trainer(config, params32, mode="pynative", loss_scale=None)
-    assert_gradients_match(trainer, config, params32, params64, padded_batch(config, lengths, length, seed, side))
-
-
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
-def graph_setup(request):
-    config = CONFIGS[request.param]
-    params32, params64 = float32_model(config, 3)
-    trainer = Trainer(config, params32, mode="graph", lr=3e-2, warmup_steps=2, total_steps=8, min_lr=1e-3,
-                      weight_decay=0.1, max_grad_norm=0.5, loss_scale=None)
-    return config, params32, params64, trainer
+    assert_gradients_match(trainer, config, params32, params64, padded_batch(config, lengths, length, seed, side),
+                           measured_noise=False)
 
 
 GRAPH_BATCH = dict(lengths=[9, 5, 2], length=9, seed=11)  # right padding: rows of 8, 4 and 1 targets
+UPDATE_SETTINGS = dict(lr=3e-2, warmup_steps=2, total_steps=8, min_lr=1e-3, weight_decay=0.1, max_grad_norm=0.5,
+                       loss_scale=None)
 
 
-def test_graph_gradients_match_the_float64_spec(graph_setup):
-    config, params32, params64, trainer = graph_setup
-    assert trainer.step_count == 0
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_graph_gradients_match_the_float64_spec(arch):
+    config = CONFIGS[arch]
+    params32, params64 = float32_model(config, 3)
+    trainer = Trainer(config, params32, mode="graph", loss_scale=None)
     assert_gradients_match(trainer, config, params32, params64, padded_batch(config, **GRAPH_BATCH))
+
+
+@pytest.fixture(scope="module")
+def graph_trainer():
+    """One compiled gpt2 Trainer shared by the update tests (the optimizer does not depend on the arch)."""
+    config = CONFIGS["gpt2"]
+    return config, Trainer(config, float32_model(config, 3)[0], mode="graph", **UPDATE_SETTINGS)
 
 
 # -- the update --------------------------------------------------------------------------------------
@@ -144,31 +152,28 @@ def assert_updates_match_the_spec(trainer, config, batch, n_steps):
         assert moved > 100 * bound.allowed(1.0), "the update must move the weights far beyond the bound"
 
 
-def test_adamw_steps_with_warmup_decay_and_clipping_match_the_spec(graph_setup):
+def test_adamw_steps_with_warmup_decay_and_clipping_match_the_spec(graph_trainer):
     """4 updates: 2 in the warmup, then cosine decay to min_lr; weight decay; clipping active."""
-    config, _, _, trainer = graph_setup
+    config, trainer = graph_trainer
     assert_updates_match_the_spec(trainer, config, padded_batch(config, **GRAPH_BATCH), 4)
 
 
-def test_pynative_computes_what_graph_computes():
-    """Same settings in both modes: the same gradients (within the float32 backward bound) and
-    losses over 2 updates, and PyNative's updates are the spec's too.  (Weights after several
-    updates are not compared: where a gradient is zero up to rounding -- the key bias's, exactly,
-    since softmax ignores a shift of all scores -- Adam turns the rounding's sign into +-lr.)"""
-    config = CONFIGS["gpt2"]
-    params32, _ = float32_model(config, 5)
-    batch = padded_batch(config, [6, 3], 6, seed=2, side="left")
-    kwargs = dict(lr=1e-2, total_steps=10, weight_decay=0.1, max_grad_norm=0.5, loss_scale=None)
-    graph, eager = (Trainer(config, params32, mode=mode, **kwargs) for mode in ("graph", "pynative"))
-    for _ in range(2):
-        (loss_graph, g_graph), (loss_eager, g_eager) = graph.grads_numpy(*batch), eager.grads_numpy(*batch)
-        assert abs(loss_graph - loss_eager) <= 2 * forward_bound(config, "float32").allowed(loss_graph)
-        for name, g in R.flatten_params(g_graph).items():
-            derived, _ = ms_backward_bounds(config, batch[0].size, g, g)
-            c = compare(name, R.flatten_params(g_eager)[name], g, derived)
-            assert c.passed, c.describe()
-        graph.step(*batch)
-        assert_updates_match_the_spec(eager, config, batch, 1)
+def test_pynative_computes_what_graph_computes(graph_trainer):
+    """A PyNative Trainer on the graph Trainer's current weights: the same loss and gradients (within
+    the float32 backward bound), and its own next update is the spec's too.  (Weights after several
+    updates of both are not compared: where a gradient is zero up to rounding -- the key bias's,
+    exactly, since softmax ignores a shift of all scores -- Adam turns the rounding's sign into
+    +-lr.)"""
+    config, graph = graph_trainer
+    eager = Trainer(config, graph.params_numpy(), mode="pynative", **UPDATE_SETTINGS)
+    batch = padded_batch(config, **GRAPH_BATCH)
+    (loss_graph, g_graph), (loss_eager, g_eager) = graph.grads_numpy(*batch), eager.grads_numpy(*batch)
+    assert abs(loss_graph - loss_eager) <= 2 * forward_bound(config, "float32").allowed(loss_graph)
+    for name, g in R.flatten_params(g_graph).items():
+        derived, _ = ms_backward_bounds(config, batch[0].size, g, g)
+        c = compare(name, R.flatten_params(g_eager)[name], g, derived)
+        assert c.passed, c.describe()
+    assert_updates_match_the_spec(eager, config, batch, 1)
 
 
 def gradient_table():

@@ -39,8 +39,9 @@ MSRUN_HOST, MSRUN_PORT, MSRUN_TIMEOUT = "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_TO
 COUNT_SPLIT = 4096  # global_count sends a token count in two float32 parts
 
 
-class DataParallelError(RuntimeError):
-    """A rank / world-size problem, said in one line (every rank raises the same one)."""
+class DataParallelError(ValueError):
+    """A rank / world-size problem, said in one line (every rank raises the same one).  A ValueError:
+    the job's set-up (msrun's options, the batch) is wrong, and the CLI prints such errors in one line."""
 
 
 @dataclass(frozen=True)

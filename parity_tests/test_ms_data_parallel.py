@@ -1,14 +1,15 @@
 """Data parallel under msrun (ms_backend/distributed.py): 2 ranks compute what one process computes
 on the whole batch, and rank / world-size problems end in one line, not a hang.
 
-One module-wide launch runs four jobs at once (each bounded by JOB_TIMEOUT):
+One module-wide launch runs six jobs at once (each bounded by JOB_TIMEOUT):
   * msrun, 2 workers, parity_tests/dp_worker.py on a tiny GPT-2 and a padded batch whose rows give
     rank 0 15 targets and rank 1 only 3 (a per-rank mean would weigh them alike);
   * the same script as one plain process on the whole batch (the reference);
+  * `gptspec train` under msrun (2 ranks, graph mode) and as one process, on a tiny config;
   * msrun, 2 workers, a global batch of 3 rows (does not split over 2 ranks);
   * the script alone with msrun's variables but no scheduler (the cluster cannot form).
-The two msrun jobs cost ~45-55 s on this 2-core machine (compilation; after a worker fails, the
-scheduler notices within its ~30 s heartbeat timeout).  Skipped when msrun is not on PATH; any other
+All together ~2 minutes on this 2-core machine (graph compilation in the CLI jobs; after a worker
+fails, msrun's scheduler notices within its ~30 s heartbeat timeout).  Skipped when msrun is not on PATH; any other
 failure to start is a failure (the worker logs are shown).
 """
 from __future__ import annotations
@@ -27,16 +28,25 @@ import pytest
 pytest.importorskip("mindspore", reason="data parallel needs the `mindspore` extra")
 
 import ref_numpy as R  # noqa: E402
-from gptspec.tolerances import data_parallel_grad_bounds, data_parallel_param_bound  # noqa: E402
+import weights  # noqa: E402
+from gptspec.tolerances import data_parallel_grad_bounds, data_parallel_param_bound, lm_loss_bound  # noqa: E402
+from gptspec.training.loop import read_log  # noqa: E402
 from ms_backend.distributed import (DataParallelError, Topology, check_global_batch, init_data_parallel,  # noqa: E402
                                     msrun_world_size, shard, under_msrun)
 
-from . import dp_worker  # noqa: E402
+from . import bpe_trainer, dp_worker  # noqa: E402
 
 pytestmark = [pytest.mark.mindspore, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(dp_worker.__file__).resolve()
+# PyNative: ~10 s per process instead of ~35 s of graph compilation on this CPU; the graph path (the
+# gradient all-reduce compiled into the step) runs in the CLI jobs, graph mode being its default.
+WORKER_MODE = ["--mode", "pynative"]
+CLI = WORKER.with_name("dp_cli.py")  # `gptspec` as a script msrun can start
+# A tiny GPT-2 with its own BPE on pydoc text: 2 steps of a global batch of 4 rows (2 per rank).
+CLI_ARGS = ["train", "--config", "gpt2", "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--n-ctx", "32",
+            "--train-tokenizer", "300", "--pack", "--seq-len", "16", "--batch-size", "4", "--lr", "3e-3",
+            "--warmup", "1", "--steps", "2", "--eval-every", "2", "--no-progress", "--backend", "mindspore"]
 CLUSTER_TIME_OUT = 120  # msrun --cluster_time_out: how long ranks wait for each other to join
 JOB_TIMEOUT = 400       # a job that has not ended by then hangs: the test fails
 WORLD = 2
@@ -48,21 +58,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def msrun_job(log_dir: Path, *worker_args) -> list[str]:
+def msrun_job(log_dir: Path, *worker_args, script=WORKER) -> list[str]:
     msrun = shutil.which("msrun")
     if msrun is None:
         pytest.skip("msrun (MindSpore's launcher) is not on PATH: data parallel cannot start here")
     return [msrun, f"--worker_num={WORLD}", f"--local_worker_num={WORLD}", f"--master_port={free_port()}",
             f"--log_dir={log_dir}", "--join=True", f"--cluster_time_out={CLUSTER_TIME_OUT}",
-            str(WORKER), *worker_args]
+            str(script), *worker_args]
 
 
 class Job:
     """A started subprocess; `wait()` -> (returncode, stdout + stderr, seconds), failing on a hang."""
 
-    def __init__(self, name, command, log_dir=None, env=None):
+    def __init__(self, name, command, cwd, log_dir=None, env=None):
         self.name, self.log_dir, self.started = name, log_dir, time.perf_counter()
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         self.result = None
 
@@ -93,14 +103,23 @@ def jobs(tmp_path_factory):
     root = tmp_path_factory.mktemp("data_parallel")
     no_cluster = {**os.environ, "MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": str(WORLD), "MS_NODE_ID": "0",
                   "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": str(free_port()), "MS_TOPO_TIMEOUT": "5"}
-    started = {
-        "parallel": Job("msrun, 2 ranks", msrun_job(root / "logs", str(root / "parallel")), root / "logs"),
-        "single": Job("one process", [sys.executable, str(WORKER), str(root / "single")]),
-        "uneven": Job("msrun, 3 rows over 2 ranks", msrun_job(root / "logs-uneven", str(root / "uneven"), "--rows",
-                                                              "3"), root / "logs-uneven"),
-        "no_cluster": Job("a rank without a scheduler", [sys.executable, str(WORKER), str(root / "none")],
+    started = {  # run in root: MindSpore writes rank_N/ (compile dumps) into the working directory
+        "parallel": Job("msrun, 2 ranks", msrun_job(root / "logs", str(root / "parallel"), *WORKER_MODE), root,
+                        root / "logs"),
+        "single": Job("one process", [sys.executable, str(WORKER), str(root / "single"), *WORKER_MODE], root),
+        "uneven": Job("msrun, 3 rows over 2 ranks",
+                      msrun_job(root / "logs-uneven", str(root / "uneven"), "--rows", "3"), root, root / "logs-uneven"),
+        "no_cluster": Job("a rank without a scheduler", [sys.executable, str(WORKER), str(root / "none")], root,
                           env=no_cluster),
     }
+    data = root / "doc.txt"
+    data.write_text(bpe_trainer.training_text(max_chars=12_000), encoding="utf-8")
+    cli = [*CLI_ARGS, "--data", str(data)]
+    started["cli_parallel"] = Job("gptspec train under msrun", msrun_job(root / "logs-cli", *cli, "--out",
+                                                                         str(root / "cli-parallel"), script=CLI),
+                                  root, root / "logs-cli")
+    started["cli_single"] = Job("gptspec train", [sys.executable, str(CLI), *cli, "--out", str(root / "cli-single")],
+                                root)
     started["root"] = root
     return started
 
@@ -214,6 +233,27 @@ def test_a_rank_whose_cluster_cannot_form_says_so_in_one_line(jobs):
     assert "cluster_time_out=5 s" in errors[0] and "Traceback" not in output
 
 
+def test_gptspec_train_under_msrun_trains_what_one_process_trains(jobs):
+    """The real CLI, 2 ranks vs 1 process, the same global batch: the same logged losses (each
+    within lm_loss_bound of the float64 spec's), and only rank 0 writes the log and checkpoints."""
+    finished(jobs["cli_parallel"])
+    finished(jobs["cli_single"])
+    parallel, single = jobs["root"] / "cli-parallel", jobs["root"] / "cli-single"
+    rows, rows_single = read_log(parallel / "log.jsonl"), read_log(single / "log.jsonl")
+    assert [row["step"] for row in rows] == [0, 1, 2], rows  # one writer: every row once
+    config, params = weights.load(parallel)  # the final checkpoint is complete and loads
+    tokens = np.random.default_rng(0).integers(0, config.n_vocab, (4, 16))
+    logit_scale = float(np.max(np.abs(R.forward(config, weights.load(single)[1], tokens)[0])))
+    bound = lm_loss_bound(config, "float32", logit_scale, n_targets=4 * 16)
+    for row, row_single in zip(rows, rows_single):
+        for key in ("loss", "valid_loss"):
+            if key in row_single:
+                assert abs(row[key] - row_single[key]) <= 2 * bound.value, (key, row, row_single, bound.reason)
+    worker_1 = (jobs["cli_parallel"].log_dir / "worker_1.log").read_text(errors="replace")
+    assert "trained to step 2" in (jobs["cli_parallel"].log_dir / "worker_0.log").read_text(errors="replace")
+    assert "step 2/2 loss" in worker_1 and "trained to step" not in worker_1  # rank 1 trained, wrote nothing
+
+
 # -- the checks, without a cluster ---------------------------------------------------------------
 
 def test_shards_are_contiguous_and_cover_the_batch():
@@ -248,3 +288,16 @@ def test_msrun_variables():
 def test_one_process_needs_no_cluster(monkeypatch):
     monkeypatch.delenv("MS_ROLE", raising=False)
     assert init_data_parallel() == Topology(0, 1) and Topology().writes_files
+
+
+def test_gptspec_train_refuses_what_cannot_run_data_parallel():
+    """Under msrun (world size 2 here, no cluster needed for the checks): a --batch-size that does
+    not split over the ranks, and the NumPy backend (no all-reduce), are one-line errors."""
+    from gptspec.commands.train import data_parallel
+
+    with pytest.raises(DataParallelError, match=r"^--batch-size has 5 rows, which does not split evenly over 2 ranks"):
+        data_parallel(object(), {"backend": "mindspore", "batch_size": 5}, 0, 2)
+    with pytest.raises(ValueError, match=r"^--backend numpy cannot train data-parallel under msrun \(2 workers\)"):
+        data_parallel(object(), {"backend": "numpy", "batch_size": 4}, 0, 2)
+    backend = object()
+    assert data_parallel(backend, {"backend": "numpy", "batch_size": 5}, 0, 1) is backend

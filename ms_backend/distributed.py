@@ -139,6 +139,9 @@ class DataParallelTrainer:
     def __init__(self, trainer, topology: Topology):
         self.trainer, self.topology = trainer, topology
         self._sum = None
+        if topology.world_size > 1 and getattr(trainer, "head", None) is not None:
+            raise DataParallelError("data parallel with a classifier head is not implemented (its loss is a mean "
+                                    "over rows, which needs the global row count): fine-tune in one process")
         if topology.world_size > 1:
             from mindspore import nn, ops
 

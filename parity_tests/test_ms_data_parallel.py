@@ -301,3 +301,15 @@ def test_gptspec_train_refuses_what_cannot_run_data_parallel():
         data_parallel(object(), {"backend": "numpy", "batch_size": 4}, 0, 2)
     backend = object()
     assert data_parallel(backend, {"backend": "numpy", "batch_size": 5}, 0, 1) is backend
+
+
+def test_finetune_under_msrun_is_refused_not_trained_alone_on_every_rank(monkeypatch):
+    """finetune has no data-parallel path yet: under msrun it must refuse, not let every rank train
+    on its own shard and write the same folder."""
+    from gptspec.commands.train import distributed_rank
+
+    monkeypatch.setenv("MS_WORKER_NUM", "2")
+    with pytest.raises(ValueError, match=r"under msrun \(2 workers\) is not supported yet"):
+        distributed_rank()
+    monkeypatch.setenv("MS_WORKER_NUM", "1")
+    assert distributed_rank() == (0, 1)

@@ -148,6 +148,17 @@ def check_numbers(opts: dict, free: dict) -> None:
 
 
 def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) for commands that cannot train data-parallel yet (finetune: its loss is a
+    mean over rows, which needs the global row count): rank 0 of 1, and a multi-process launch is
+    refused rather than having every process train alone and write the same folder."""
+    world = int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")) or 1)
+    if world > 1:
+        raise ValueError(f"this command under msrun ({world} workers) is not supported yet: run one process "
+                         f"(gptspec train trains data-parallel under msrun)")
+    return 0, 1
+
+
+def data_parallel_rank() -> tuple[int, int]:
     """(rank, world size): rank 0 of 1 in one process; under msrun, this process's place in the
     data-parallel job (ms_backend.distributed joins the cluster -- msrun's scheduler process, which
     runs this command too, serves the cluster inside that call and exits there).  The loop gives
@@ -183,7 +194,7 @@ def run(args) -> int:
     from gptspec.training.loop import Interrupted, LoopOptions, plot_losses, run_loop
 
     say = print
-    rank, world_size = distributed_rank()
+    rank, world_size = data_parallel_rank()
     opts, free = resolve_options(args)
     out = args.resume or args.out or ("gptspec-demo" if opts["demo"] else None)
     if out is None:

@@ -51,21 +51,16 @@ def compare_traces(config, reference: dict, actual: dict, *, amp_level="O0", dty
     missing = [name for name in reference if name not in actual]
     if missing:
         raise ValueError(f"the backend's trace lacks {', '.join(missing[:5])}")
-    noise_dtype = noise_dtype_of(amp_level, dtype)
     rows = []
     for padded in ((False, True) if padding else (False,)):
         for name in reference:
             bound = precision_bound(config, amp_level, dtype, trace_depth(config, name))
             rows.append(compare_row(name, actual[name], reference[name], None if emulated is None else emulated[name],
-                                    bound, noise_dtype, padding if padded else None, single=not padding))
+                                    bound, padding if padded else None, single=not padding))
     return rows
 
 
-def noise_dtype_of(amp_level: str, dtype=None) -> str:
-    return "float32" if amp_level == "O0" else (dtype or "float16")
-
-
-def compare_row(name, actual, reference, emulated, bound: Bound, noise_dtype: str, padding: int | None,
+def compare_row(name, actual, reference, emulated, bound: Bound, padding: int | None,
                 single: bool = False, first_position: int = 0) -> Comparison:
     """One Comparison of a traced tensor [B, T, ...] ([B, H, T, S] for attention weights).
 
@@ -81,8 +76,7 @@ def compare_row(name, actual, reference, emulated, bound: Bound, noise_dtype: st
     else:
         first_real = max(padding - first_position, 0)
         select = (np.s_[1:2],) + (np.s_[:],) * (query_axis - 1) + (np.s_[first_real:],)
-    noise = None if emulated is None else noise_bound(np.asarray(emulated)[select], np.asarray(reference)[select],
-                                                      noise_dtype)
+    noise = None if emulated is None else noise_bound(np.asarray(emulated)[select], np.asarray(reference)[select])
     row = compare(name if padding is None else f"padded: {name}", np.asarray(actual)[select],
                   np.asarray(reference)[select], bound, noise)
     if padding is not None and not np.isfinite(np.asarray(actual, dtype=np.float64)[1]).all():
@@ -210,13 +204,12 @@ def run_parity(config, params, ids, *, amp_level="O0", dtype=None, mode="pynativ
         model.forward_numpy(batch, attention_mask=mask, trace=actual)
     rows = compare_traces(config, reference, actual, amp_level=amp_level, dtype=dtype, emulated=emulated,
                           padding=padding)
-    noise_dtype = noise_dtype_of(amp_level, dtype)
     logits_bound = precision_bound(config, amp_level, dtype)
     emulated_logits = None if emulated is None else emulated["logits"]
 
     def logits_rows(name, logits, reference_logits, emulated_logits, first_position=0):
         views = (None, padding) if padding else (None,)
-        return [compare_row(name, logits, reference_logits, emulated_logits, logits_bound, noise_dtype, view,
+        return [compare_row(name, logits, reference_logits, emulated_logits, logits_bound, view,
                             single=not padding, first_position=first_position) for view in views]
 
     # The model's own output (graph mode's compiled path) besides its traced run.

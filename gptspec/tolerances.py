@@ -196,10 +196,12 @@ def noise_floor(reference, dtype) -> float:
     return NOISE_FLOOR_ROUNDINGS * unit_roundoff(dtype) * magnitude
 
 
-def noise_bound(emulated, reference, dtype) -> Bound:
+def noise_bound(emulated, reference, dtype=None) -> Bound:
     """The absolute error allowed a backend on `reference` (float64 spec) given `emulated`, the
-    same tensor computed by the spec at the backend's precision; `dtype` is that precision's
-    low dtype (float32 at O0).  NOISE_MULTIPLE x max(measured noise, noise_floor)."""
+    same tensor computed by the spec at the backend's precision.  NOISE_MULTIPLE x
+    max(measured noise, noise_floor); the floor's dtype is the one `emulated` was computed in
+    (default: its own dtype -- at O1 the softmax weights are float32, the matmuls' float16)."""
+    dtype = np.asarray(emulated).dtype.name if dtype is None else dtype
     reference = np.asarray(reference, dtype=np.float64)
     measured = float(np.max(np.abs(np.asarray(emulated, dtype=np.float64) - reference))) if reference.size else 0.0
     floor = noise_floor(reference, dtype)

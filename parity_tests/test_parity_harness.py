@@ -175,13 +175,13 @@ def test_padded_rows_compare_real_positions_and_require_finite_padding_positions
     actual = reference.copy()
     actual[1, 0] = 5.0  # a padding position: any finite value is allowed
     bound = tol.Bound(1e-6, "test")
-    row = compare_row("blocks.0.out", actual, reference, None, bound, "float32", padding=1)
+    row = compare_row("blocks.0.out", actual, reference, None, bound, padding=1)
     assert row.name == "padded: blocks.0.out" and row.shape == (1, 3, 3) and row.passed
     actual[1, 0, 0] = np.nan
-    assert not compare_row("blocks.0.out", actual, reference, None, bound, "float32", padding=1).passed
-    assert compare_row("blocks.0.out", actual, reference, None, bound, "float32", padding=None).passed  # row 0
+    assert not compare_row("blocks.0.out", actual, reference, None, bound, padding=1).passed
+    assert compare_row("blocks.0.out", actual, reference, None, bound, padding=None).passed  # row 0
     weights = np.zeros((2, 2, 4, 4))
     broken = weights.copy()
     broken[1, :, 2, 0] = 1e-3  # a real query attending a padding key
-    row = compare_row("blocks.0.attn_weights", broken, weights, weights, bound, "float32", padding=1)
+    row = compare_row("blocks.0.attn_weights", broken, weights, weights, bound, padding=1)
     assert row.shape == (1, 2, 3, 4) and not row.passed and row.noise_ratio > tol.NOISE_MULTIPLE

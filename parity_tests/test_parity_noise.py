@@ -28,6 +28,11 @@ def test_noise_bound_is_the_multiple_of_the_measured_noise_with_a_floor():
     floor = tol.NOISE_FLOOR_ROUNDINGS * u * 4.0
     assert tol.noise_bound(reference, reference, "float32").value == pytest.approx(tol.NOISE_MULTIPLE * floor)
     assert tol.noise_floor(reference, "float16") == pytest.approx(tol.NOISE_FLOOR_ROUNDINGS * 2.0 ** -11 * 4.0)
+    # The floor's dtype defaults to the one the emulated tensor was computed in (at O1 the softmax
+    # weights are float32 while the matmuls are float16): exact values, so the floor is all there is.
+    assert tol.noise_bound(reference.astype(np.float16), reference).value == pytest.approx(
+        tol.NOISE_MULTIPLE * tol.noise_floor(reference, "float16"))
+    assert tol.noise_bound(reference.astype(np.float32), reference).value == pytest.approx(tol.NOISE_MULTIPLE * floor)
 
 
 @pytest.mark.parametrize("arch", CONFIGS)

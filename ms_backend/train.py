@@ -37,6 +37,7 @@ from ref_numpy.optim import clip_grad_norm as spec_clip_grad_norm
 from ref_numpy.optim import lr_at
 
 from .amp import to
+from .classifier import HEAD_NAMES, ClassifierHead, at_positions, check_lm_coef, classifier_batch, final_hidden
 from .model import GPTModel, as_numpy, attention_mask_4d
 from .optim import build_adamw, clip_grad_norm, global_norm, optimizer_state, quiet_pynative_update, set_lr
 from .scaler import LossScale, all_finite
@@ -95,13 +96,14 @@ class Trainer:
     min_lr, schedule: ref_numpy.lr_at (total_steps None: no decay after the warmup); betas, eps,
     weight_decay: ref_numpy.adamw_step (decay on >= 2-D tensors only); max_grad_norm:
     ref_numpy.clip_grad_norm (None: no clipping); loss_scale "dynamic" / a number >= 1 / None
-    with initial_scale and scale_window (scaler.py).  dropout: see TrainModel; head: a
-    classifier head (ref_numpy.init_classifier) trained with the combined loss."""
+    with initial_scale and scale_window (scaler.py).  dropout: only 0 for now (refused otherwise);
+    head: a classifier head (ref_numpy.init_classifier) trained with the spec's combined loss
+    classification + lm_coef x LM (classifier.py); seed: kept for the dropout masks."""
 
     def __init__(self, config: GPTConfig, params: dict, *, amp_level="O0", dtype=None, mode="graph", lr=1e-3,
                  warmup_steps=0, total_steps=None, min_lr=0.0, schedule="cosine", betas=(0.9, 0.999), eps=1e-8,
                  weight_decay=0.0, max_grad_norm=None, loss_scale="dynamic", initial_scale=2.0 ** 16,
-                 scale_window=1000, dropout=0.0, seed=None, head=None):
+                 scale_window=1000, dropout=0.0, seed=None, head=None, lm_coef=0.5):
         if mode not in ("graph", "pynative"):
             raise ValueError(f"mode must be one of ('graph', 'pynative'), got {mode!r}")
         self.hyper = check_hyperparameters(lr=lr, warmup_steps=warmup_steps, total_steps=total_steps, min_lr=min_lr,
@@ -111,16 +113,17 @@ class Trainer:
         if self.dropout > 0:
             raise NotImplementedError("dropout > 0 is not implemented by the MindSpore Trainer yet; "
                                       "train with dropout=0.0 or with the NumPy backend")
-        if head is not None:
-            raise NotImplementedError("the classifier head is not implemented by the MindSpore Trainer yet")
         self.model = GPTModel(config, params, amp_level=amp_level, dtype=dtype)  # checks config, params, AMP
+        self.head = None if head is None else ClassifierHead(config, head)
+        self.lm_coef = check_lm_coef(lm_coef)
+        weights = self.model.trainable_params() + ([] if self.head is None else self.head.trainable_params())
         self.config, self.amp_level, self.dtype, self.mode = config, amp_level, dtype, mode
         self.seed = seed
         self.loss_scale_setting = (loss_scale, initial_scale, scale_window)
         self.scaler = LossScale(loss_scale, initial_scale, scale_window)
-        self.optimizer = build_adamw(self.model.trainable_params(), lr=self.hyper["lr"], betas=self.hyper["betas"],
+        self.optimizer = build_adamw(weights, lr=self.hyper["lr"], betas=self.hyper["betas"],
                                      eps=self.hyper["eps"], weight_decay=self.hyper["weight_decay"])
-        self.names = {p.name: p.name for p in self.model.trainable_params()}  # Parameter name == params name
+        self.names = {p.name: p.name for p in weights}  # Parameter name == params name ("head.w", "head.b")
         self.param_order = list(flatten_params(params))  # the Cells' order differs (GPT-1: attn before ln_1)
         self.step_count = 0  # updates attempted so far (skipped ones included): the lr_at step
         self.reduce_grads = lambda grads: grads  # data parallel: the all-reduce of the gradients
@@ -132,22 +135,32 @@ class Trainer:
 
     # -- the computation (compiled in graph mode) ----------------------------------------------
 
-    def _loss(self, ids, position_ids, mask, targets, n_targets):
-        """The LM loss of one batch: forward (the inference model's own run) + cross_entropy."""
+    def _loss(self, ids, position_ids, mask, targets, n_targets, labels=None, positions=None, n_rows=None):
+        """The LM loss of one batch: forward (the inference model's own run) + cross_entropy.  With
+        a head: the classification loss (mean over n_rows) + lm_coef x this LM loss (targets are
+        then the LM targets of the same rows, see classifier.classifier_batch)."""
         T = ids.shape[1]
-        logits, _, _ = self.model.run(ids, position_ids, attention_mask_4d(T, T, mask))
-        return cross_entropy(logits, targets, n_targets=n_targets)
+        logits, _, intermediates = self.model.run(ids, position_ids, attention_mask_4d(T, T, mask))
+        if self.head is None:
+            return cross_entropy(logits, targets, n_targets=n_targets)
+        clf_logits = self.head(at_positions(final_hidden(self.model, intermediates), positions))
+        loss = cross_entropy(clf_logits, labels, n_targets=n_rows)
+        if self.lm_coef > 0:
+            loss = loss + self.lm_coef * cross_entropy(logits, targets, n_targets=n_targets)
+        return loss
 
-    def _scaled_loss(self, ids, position_ids, mask, targets, n_targets):
-        loss = self._loss(ids, position_ids, mask, targets, n_targets)
+    def _scaled_loss(self, *batch):
+        loss = self._loss(*batch)
         return self.scaler.scale(loss), loss
 
-    def _grads_fn(self, ids, position_ids, mask, targets, n_targets):
-        (_, loss), grads = self._value_and_grad(ids, position_ids, mask, targets, n_targets)
+    def _grads_fn(self, ids, position_ids, mask, targets, n_targets, labels=None, positions=None, n_rows=None):
+        (_, loss), grads = self._value_and_grad(ids, position_ids, mask, targets, n_targets, labels, positions,
+                                                n_rows)
         return loss, self.scaler.unscale(self.reduce_grads(grads))
 
-    def _train_step_fn(self, ids, position_ids, mask, targets, n_targets, lr):
-        loss, grads = self._grads_fn(ids, position_ids, mask, targets, n_targets)
+    def _train_step_fn(self, lr, ids, position_ids, mask, targets, n_targets, labels=None, positions=None,
+                       n_rows=None):
+        loss, grads = self._grads_fn(ids, position_ids, mask, targets, n_targets, labels, positions, n_rows)
         finite = all_finite(grads)
         norm = global_norm(grads)
         if finite:
@@ -158,10 +171,21 @@ class Trainer:
 
     # -- NumPy in, NumPy out -------------------------------------------------------------------
 
-    def _batch(self, inputs, targets, attention_mask, n_targets):
+    def _batch(self, inputs, targets, attention_mask, n_targets, clf_positions=None):
         """The spec's checks, then the step's Tensors: ids, position ids, mask (all ones when None:
         the same positions and attention as no mask, and one compiled graph per shape), targets,
-        the normaliser (default: the number of non-ignored targets)."""
+        the normaliser (default: the number of non-ignored targets); with a head also labels
+        (`targets` then), classify positions and the number of rows."""
+        if self.head is not None:
+            if clf_positions is None:
+                raise ValueError("clf_positions is required with a classifier head: one classify token per row")
+            ids, positions, mask, lm_targets, count, labels, clf = classifier_batch(
+                self.config, self.head, inputs, targets, clf_positions, attention_mask, self.lm_coef, IGNORE_INDEX)
+            return (Tensor(ids), Tensor(positions), Tensor(mask), Tensor(lm_targets),
+                    Tensor(float(max(count, 1) if n_targets is None else n_targets), ms.float32), Tensor(labels),
+                    Tensor(clf), Tensor(float(len(labels)), ms.float32))
+        if clf_positions is not None:
+            raise ValueError("clf_positions is only meaningful with a classifier head (Trainer(head=...))")
         prepared = prepare_inputs(self.config, inputs, attention_mask=attention_mask)
         ids = prepared.ids
         targets = check_targets(targets, ids.shape, self.config.n_vocab, IGNORE_INDEX)
@@ -182,14 +206,16 @@ class Trainer:
         return float(lr_at(step, max_lr=h["lr"], warmup_steps=h["warmup_steps"], total_steps=total,
                            min_lr=h["min_lr"], schedule=h["schedule"]))
 
-    def step(self, inputs, targets, attention_mask=None, *, n_targets=None) -> StepResult:
+    def step(self, inputs, targets, attention_mask=None, *, clf_positions=None, n_targets=None) -> StepResult:
         """One update on a batch: inputs, targets int [B, T] (ignore_index -100 where nothing is
         predicted), attention_mask 0/1 [B, T] or None.  n_targets: the loss's normaliser (default
-        the batch's number of targets; data parallel passes the global count)."""
-        batch = self._batch(inputs, targets, attention_mask, n_targets)
+        the batch's number of targets; data parallel passes the global count).
+        With a head: inputs are whole rows ids [B, T], targets the labels [B], clf_positions [B]
+        each row's classify token (ref_numpy.classifier_loss_and_grads's arguments)."""
+        batch = self._batch(inputs, targets, attention_mask, n_targets, clf_positions)
         lr = self.lr_at(self.step_count)
         scale = self.scaler.value
-        loss, norm, finite = self._train_step(*batch, Tensor(lr, ms.float32))
+        loss, norm, finite = self._train_step(Tensor(lr, ms.float32), *batch)
         self.step_count += 1
         skipped = not bool(finite.asnumpy())
         if skipped and self.scaler.kind == "none":
@@ -198,12 +224,19 @@ class Trainer:
                                      f"the update was skipped.  Lower lr, clip (max_grad_norm) or check the data")
         return StepResult(float(loss.asnumpy()), float(norm.asnumpy()), lr, scale, skipped)
 
-    def grads_numpy(self, inputs, targets, attention_mask=None, *, n_targets=None):
+    def grads_numpy(self, inputs, targets, attention_mask=None, *, clf_positions=None, n_targets=None):
         """(loss, grads): the unscaled float32 gradients of the loss at the current parameters, in
-        the params dict's structure (as ref_numpy.loss_and_grads); nothing is updated."""
-        loss, grads = self._grads(*self._batch(inputs, targets, attention_mask, n_targets))
+        the params dict's structure (as ref_numpy.loss_and_grads); nothing is updated.  With a head:
+        (loss, grads, head_grads), as ref_numpy.classifier_loss_and_grads."""
+        loss, grads = self._grads(*self._batch(inputs, targets, attention_mask, n_targets, clf_positions))
         flat = {self.names[p.name]: g.asnumpy() for p, g in zip(self.optimizer.parameters, grads)}
-        return float(loss.asnumpy()), self._in_params_order(flat)
+        if self.head is None:
+            return float(loss.asnumpy()), self._in_params_order(flat)
+        return float(loss.asnumpy()), self._in_params_order(flat), {"w": flat[HEAD_NAMES[0]], "b": flat[HEAD_NAMES[1]]}
+
+    def head_numpy(self) -> dict | None:
+        """The classifier head's current {"w", "b"} (None without a head)."""
+        return None if self.head is None else self.head.numpy()
 
     def params_numpy(self) -> dict:
         """The current (float32 master) parameters as the spec's params dict."""

@@ -5,6 +5,7 @@
     DIR/ms_trainer.json                  the Trainer's settings, its step count, the optimizer's
                                          update count and the loss scaler's state
     DIR/ms_optimizer.npz                 AdamW's moments: m/<name> and v/<name> per parameter
+    DIR/ms_head.npz                      the classifier head's w and b (fine-tuning only)
 
 Everything is stored bit for bit (float32 arrays; JSON writes a float's repr), so a resumed Trainer
 continues exactly as the saved one would have.
@@ -23,6 +24,7 @@ from .optim import optimizer_state, restore_optimizer_state
 
 TRAINER_FILE = "ms_trainer.json"
 OPTIMIZER_FILE = "ms_optimizer.npz"
+HEAD_FILE = "ms_head.npz"
 FORMAT = "gptspec-ms-trainer-1"
 # Settings that define the saved state's meaning: a resumed Trainer keeps them.
 STATE_SETTINGS = ("loss_scale", "initial_scale", "scale_window")
@@ -36,7 +38,7 @@ def trainer_settings(trainer) -> dict:
                 warmup_steps=h["warmup_steps"], total_steps=h["total_steps"], min_lr=h["min_lr"],
                 schedule=h["schedule"], betas=list(h["betas"]), eps=h["eps"], weight_decay=h["weight_decay"],
                 max_grad_norm=h["max_grad_norm"], loss_scale=loss_scale, initial_scale=initial_scale,
-                scale_window=scale_window, dropout=trainer.dropout, seed=trainer.seed)
+                scale_window=scale_window, dropout=trainer.dropout, seed=trainer.seed, lm_coef=trainer.lm_coef)
 
 
 def save_trainer(trainer, folder) -> Path:
@@ -48,7 +50,11 @@ def save_trainer(trainer, folder) -> Path:
     arrays.update({f"v/{name}": array for name, array in state["v"].items()})
     with open(folder / OPTIMIZER_FILE, "wb") as file:
         np.savez(file, **arrays)
-    meta = {"format": FORMAT, "settings": trainer_settings(trainer), "step": trainer.step_count,
+    if trainer.head is not None:
+        with open(folder / HEAD_FILE, "wb") as file:
+            np.savez(file, **trainer.head_numpy())
+    meta = {"format": FORMAT, "settings": trainer_settings(trainer), "has_head": trainer.head is not None,
+            "step": trainer.step_count,
             "optimizer_step": state["step"], "scaler": trainer.scaler.state()}
     (folder / TRAINER_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return folder
@@ -86,7 +92,16 @@ def _restore(trainer, meta: dict, moments: dict) -> None:
 
 
 def _shapes(trainer) -> dict:
-    return {trainer.names[p.name]: tuple(p.shape) for p in trainer.model.trainable_params()}
+    return {trainer.names[p.name]: tuple(p.shape) for p in trainer.optimizer.parameters}
+
+
+def _read_head(folder: Path, meta: dict):
+    if not meta.get("has_head"):
+        return None
+    if not (folder / HEAD_FILE).is_file():
+        raise ValueError(f"{folder} was saved with a classifier head but {HEAD_FILE} is missing: it cannot be resumed")
+    with np.load(folder / HEAD_FILE) as stored:
+        return {"w": stored["w"], "b": stored["b"]}
 
 
 def load_trainer(cls, folder, **overrides):
@@ -104,7 +119,7 @@ def load_trainer(cls, folder, **overrides):
                          f"the saved setting")
     settings = {**meta.get("settings", {}), **overrides}
     settings["betas"] = tuple(settings["betas"])
-    trainer = cls(config, params, **settings)
+    trainer = cls(config, params, head=_read_head(folder, meta), **settings)
     meta, moments = _read_state(folder, _shapes(trainer))
     _restore(trainer, meta, moments)
     return trainer
@@ -124,7 +139,13 @@ def restore_into(trainer, folder) -> None:
     if saved_scale != tuple(trainer.loss_scale_setting):
         raise ValueError(f"{folder} was saved with loss_scale, initial_scale, scale_window = {saved_scale}, "
                          f"this Trainer has {tuple(trainer.loss_scale_setting)}")
+    if meta.get("has_head", False) != (trainer.head is not None):
+        raise ValueError(f"{folder} was saved {'with' if meta.get('has_head') else 'without'} a classifier head, "
+                         f"this Trainer has {'one' if trainer.head is not None else 'none'}")
     flat = flatten_params(params)
-    for p in trainer.model.trainable_params():
+    head = _read_head(folder, meta)
+    if head is not None:
+        flat.update({f"head.{key}": value for key, value in head.items()})
+    for p in trainer.optimizer.parameters:
         p.set_data(ms.Tensor(np.asarray(flat[trainer.names[p.name]], np.float32)))
     _restore(trainer, meta, moments)

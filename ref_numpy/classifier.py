@@ -142,6 +142,13 @@ def classifier_logits(config: GPTConfig, params: dict, head: dict, ids, clf_posi
     return h @ head["w"] + head["b"]
 
 
+def check_lm_coef(lm_coef) -> float:
+    if isinstance(lm_coef, bool) or not isinstance(lm_coef, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(lm_coef) or lm_coef < 0:
+        raise ValueError(f"lm_coef must be a finite number >= 0, got {lm_coef!r}")
+    return lm_coef
+
+
 def classifier_loss_and_grads(config: GPTConfig, params: dict, head: dict, ids, labels, clf_positions, *,
                               attention_mask=None, lm_coef=0.5, dropout=0.0, seed=None):
     """GPT-1's fine-tuning loss L3 = L2 + lm_coef * L1 and its gradients, from one forward pass.
@@ -158,13 +165,28 @@ def classifier_loss_and_grads(config: GPTConfig, params: dict, head: dict, ids, 
 
     Returns (loss: float, grads with the structure of params, head_grads {"w", "b"})."""
     inputs, positions, n_classes = _checked(config, params, head, ids, clf_positions, attention_mask)
-    ids, mask = inputs.ids, inputs.attention_mask
-    batch, n_tokens = ids.shape
-    labels = check_labels(labels, batch, n_classes)
-    if isinstance(lm_coef, bool) or not isinstance(lm_coef, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(lm_coef) or lm_coef < 0:
-        raise ValueError(f"lm_coef must be a finite number >= 0, got {lm_coef!r}")
-    dropout = check_dropout(dropout)
+    labels = check_labels(labels, len(positions), n_classes)
+
+    def head_loss(h):  # h [B, C] -> (L2, d h [B, C], head grads)
+        logits = h @ head["w"] + head["b"]  # [B, n]
+        d_logits = cross_entropy_backward(logits, labels)  # [B, n]
+        return (cross_entropy(logits, labels), d_logits @ head["w"].T,
+                {"w": h.T @ d_logits, "b": d_logits.sum(axis=0)})
+
+    return fine_tuning_pass(config, params, inputs.ids, inputs.attention_mask, positions, head_loss,
+                            lm_coef=lm_coef, dropout=dropout, seed=seed)
+
+
+def fine_tuning_pass(config: GPTConfig, params: dict, ids, mask, positions, head_loss, *, lm_coef, dropout, seed):
+    """What every GPT-1 task shares: one forward pass over all rows, the task's loss on the hidden
+    states at the classify tokens, plus lm_coef x the rows' LM loss, and one backward pass.
+
+    ids int [R, T] (validated), mask 0/1 [R, T] or None, positions int [R] (validated);
+    head_loss(h [R, C]) -> (task loss, d task loss / d h [R, C], head grads).  h is dropped out
+    (a mask drawn after the model's) before head_loss sees it.  The LM loss is the token mean over
+    the counted targets of all R rows (shift_targets).  Returns (loss, grads, head_grads)."""
+    lm_coef, dropout = check_lm_coef(lm_coef), check_dropout(dropout)
+    n_rows, n_tokens = ids.shape
     lm_targets = None
     if lm_coef > 0:
         if n_tokens < 2:
@@ -174,24 +196,18 @@ def classifier_loss_and_grads(config: GPTConfig, params: dict, head: dict, ids, 
             raise ValueError("no row has two real tokens in a row: the LM loss has no targets (pass lm_coef=0)")
 
     rng = np.random.default_rng(seed)
-    hidden, tape = train_forward(config, params, ids, attention_mask=mask, dropout=dropout, rng=rng)  # [B, T, C]
-    rows = np.arange(batch)
-    clf_drop = dropout_scale((batch, config.n_embd), dropout, rng, hidden.dtype)
-    h = apply_dropout(hidden[rows, positions], clf_drop)  # [B, C]
-    clf_logits = h @ head["w"] + head["b"]  # [B, n]
-    loss = cross_entropy(clf_logits, labels)
-
-    # backward: the classification loss
-    d_clf_logits = cross_entropy_backward(clf_logits, labels)  # [B, n]
-    head_grads = {"w": h.T @ d_clf_logits, "b": d_clf_logits.sum(axis=0)}
-    d_h = apply_dropout(d_clf_logits @ head["w"].T, clf_drop)  # [B, C]
+    hidden, tape = train_forward(config, params, ids, attention_mask=mask, dropout=dropout, rng=rng)  # [R, T, C]
+    rows = np.arange(n_rows)
+    clf_drop = dropout_scale((n_rows, config.n_embd), dropout, rng, hidden.dtype)
+    h = apply_dropout(hidden[rows, positions], clf_drop)  # [R, C]
+    loss, d_h, head_grads = head_loss(h)
     d_hidden = np.zeros_like(hidden)
-    d_hidden[rows, positions] = d_h  # one classify position per row
+    d_hidden[rows, positions] = apply_dropout(d_h, clf_drop)  # one classify position per row
 
     d_wte_head = None
     if lm_targets is not None:  # the LM loss of the same rows: hidden[:, :-1] predicts ids[:, 1:]
         lm_hidden = hidden[:, :-1]
-        lm_logits = lm_head(params, lm_hidden)  # [B, T-1, V]
+        lm_logits = lm_head(params, lm_hidden)  # [R, T-1, V]
         loss += lm_coef * cross_entropy(lm_logits, lm_targets)
         d_lm_logits = cross_entropy_backward(lm_logits, lm_targets) * hidden.dtype.type(lm_coef)
         d_lm_hidden, d_wte_head = lm_head_backward(d_lm_logits, lm_hidden, params["wte"])
@@ -201,3 +217,170 @@ def classifier_loss_and_grads(config: GPTConfig, params: dict, head: dict, ids, 
     if d_wte_head is not None:
         grads["wte"] += d_wte_head  # the tied head's share
     return float(loss), grads, head_grads
+
+
+# ---- Similarity: both orders, summed (GPT-1 section 3.3) -------------------------------------------
+#
+# The two texts of a similarity pair have no natural order, so the model reads both,
+# `[_start_] a [_delimiter_] b [_classify_]` and `[_start_] b [_delimiter_] a [_classify_]`, and the
+# two classify-token states are added element-wise before the linear head:
+#
+#     h_ab, h_ba = hidden_ab[b, clf_ab[b]], hidden_ba[b, clf_ba[b]]   [B, C] each
+#     logits     = (h_ab + h_ba) @ head["w"] + head["b"]              [B, n_classes]
+#
+# The 2B rows go through the model as one batch [ids_ab; ids_ba] (rows 0..B-1 then B..2B-1).
+
+def _checked_pairs(config, params, head, ids_ab, ids_ba, clf_ab, clf_ba, mask_ab, mask_ba):
+    """The two orders stacked: (ids [2B, T], mask [2B, T] or None, positions [2B], n_classes)."""
+    shapes = {}
+    for name, ids in (("ids_ab", ids_ab), ("ids_ba", ids_ba)):
+        shapes[name] = np.shape(ids)
+        if len(shapes[name]) != 2:
+            raise ValueError(f"{name} must be [B, T] token ids, got shape {shapes[name]}")
+    if shapes["ids_ab"] != shapes["ids_ba"]:
+        raise ValueError(f"ids_ab has shape {shapes['ids_ab']} but ids_ba has {shapes['ids_ba']}: the two orders of "
+                         f"each pair must be padded to one length")
+    ids = np.concatenate([np.asarray(ids_ab), np.asarray(ids_ba)])
+    mask = None
+    if mask_ab is not None or mask_ba is not None:
+        full = np.ones(shapes["ids_ab"], np.int64)
+        parts = []
+        for name, m in (("attention_mask_ab", mask_ab), ("attention_mask_ba", mask_ba)):
+            m = full if m is None else np.asarray(m)
+            if m.shape != full.shape:
+                raise ValueError(f"{name} has shape {m.shape}, expected the ids' {full.shape}")
+            parts.append(m)
+        mask = np.concatenate(parts)
+    for name, pos in (("clf_ab", clf_ab), ("clf_ba", clf_ba)):
+        if np.shape(pos) != (shapes["ids_ab"][0],):
+            raise ValueError(f"{name} has shape {np.shape(pos)}, expected one position per pair: "
+                             f"({shapes['ids_ab'][0]},)")
+    positions = np.concatenate([np.asarray(clf_ab), np.asarray(clf_ba)])
+    inputs, positions, n_classes = _checked(config, params, head, ids, positions, mask)
+    return inputs.ids, inputs.attention_mask, positions, n_classes
+
+
+def similarity_logits(config: GPTConfig, params: dict, head: dict, ids_ab, ids_ba, clf_ab, clf_ba, *,
+                      attention_mask_ab=None, attention_mask_ba=None):
+    """logits [B, n_classes] = (h_ab + h_ba) @ w + b.  ids_ab, ids_ba int [B, T] (pair b's two orders
+    in row b of each); clf_ab, clf_ba int [B] their classify tokens; masks 0/1 [B, T] or None."""
+    ids, mask, positions, _ = _checked_pairs(config, params, head, ids_ab, ids_ba, clf_ab, clf_ba,
+                                             attention_mask_ab, attention_mask_ba)
+    hidden, _ = train_forward(config, params, ids, attention_mask=mask)
+    h = hidden[np.arange(len(positions)), positions]  # [2B, C]
+    n_pairs = len(positions) // 2
+    return (h[:n_pairs] + h[n_pairs:]) @ head["w"] + head["b"]
+
+
+def similarity_loss_and_grads(config: GPTConfig, params: dict, head: dict, ids_ab, ids_ba, labels, clf_ab, clf_ba,
+                              *, attention_mask_ab=None, attention_mask_ba=None, lm_coef=0.5, dropout=0.0,
+                              seed=None):
+    """L3 = L2 + lm_coef * L1 for similarity pairs.  Arguments as similarity_logits, labels int [B].
+
+        L2 = mean over pairs of -log softmax((h_ab + h_ba) @ w + b)[label]
+        L1 = token mean over the counted targets of all 2B rows (both orders; so each text's tokens
+             are predicted twice, once in each context)
+
+    The sum's gradient reaches both rows unchanged: d h_ab = d h_ba = d logits @ w.T.  dropout as in
+    classifier_loss_and_grads (on each of the 2B rows' h, before the sum).
+    Returns (loss: float, grads with the structure of params, head_grads {"w", "b"})."""
+    ids, mask, positions, n_classes = _checked_pairs(config, params, head, ids_ab, ids_ba, clf_ab, clf_ba,
+                                                     attention_mask_ab, attention_mask_ba)
+    n_pairs = len(positions) // 2
+    labels = check_labels(labels, n_pairs, n_classes)
+
+    def head_loss(h):  # h [2B, C] -> (L2, d h [2B, C], head grads)
+        pair = h[:n_pairs] + h[n_pairs:]  # [B, C]
+        logits = pair @ head["w"] + head["b"]  # [B, n]
+        d_logits = cross_entropy_backward(logits, labels)  # [B, n]
+        d_pair = d_logits @ head["w"].T  # [B, C]
+        return (cross_entropy(logits, labels), np.concatenate([d_pair, d_pair]),
+                {"w": pair.T @ d_logits, "b": d_logits.sum(axis=0)})
+
+    return fine_tuning_pass(config, params, ids, mask, positions, head_loss, lm_coef=lm_coef, dropout=dropout,
+                            seed=seed)
+
+
+# ---- Multiple choice: one score per answer, softmax over the answers (GPT-1 section 3.3) ------------
+#
+# Example e has a context and N answers; each answer is its own row
+# `[_start_] context [_delimiter_] answer_i [_classify_]`, rows e*N .. e*N + N-1.  A head with ONE
+# output scores each row; the softmax runs over the N scores of an example:
+#
+#     scores = (h @ head["w"] + head["b"]).reshape(E, N)     h [E*N, C], w [C, 1], b [1]
+#     loss   = mean over examples of -log softmax(scores[e])[label[e]]
+
+def init_choice_head(config: GPTConfig, seed: int = 0, *, dtype=np.float32) -> dict:
+    """A new scoring head {"w": [C, 1] ~ N(0, 0.02), "b": [1] = 0} (OpenAI's ROCStories `clf` layer)."""
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((config.n_embd, 1), dtype=np.float32) * np.float32(INIT_STD)
+    return {"w": w.astype(dtype), "b": np.zeros(1, dtype=dtype)}
+
+
+def check_choice_head(config: GPTConfig, head, dtype) -> None:
+    """head {"w": [C, 1], "b": [1]} in the params' dtype."""
+    if not isinstance(head, dict) or set(head) != {"w", "b"}:
+        raise ValueError("head must be a dict with exactly 'w' [n_embd, 1] and 'b' [1] (init_choice_head)")
+    for name, shape in (("w", (config.n_embd, 1)), ("b", (1,))):
+        array = head[name]
+        if not isinstance(array, np.ndarray) or array.shape != shape:
+            raise ValueError(f"head[{name!r}] has shape {getattr(array, 'shape', None)}, expected {list(shape)} "
+                             f"(one score per answer row)")
+        if array.dtype != dtype:
+            raise ValueError(f"head[{name!r}] has dtype {array.dtype}, but the params have {dtype}: use one dtype")
+
+
+def check_n_choices(n_choices, n_rows: int) -> int:
+    """n_choices: an int >= 2 dividing the row count; returns the number of examples."""
+    if not _is_int(n_choices) or n_choices < 2:
+        raise ValueError(f"n_choices must be an int >= 2 (a softmax over one answer is constant), got {n_choices!r}")
+    if n_rows % n_choices:
+        raise ValueError(f"ids has {n_rows} rows, not a multiple of n_choices={n_choices} (one row per answer)")
+    return n_rows // n_choices
+
+
+def _checked_choice(config, params, head, ids, clf_positions, n_choices, attention_mask):
+    check_params(config, params)
+    check_choice_head(config, head, params["wte"].dtype)
+    inputs = prepare_inputs(config, ids, attention_mask=attention_mask)
+    n_rows, n_tokens = inputs.ids.shape
+    n_examples = check_n_choices(n_choices, n_rows)
+    return inputs, check_positions(clf_positions, inputs.attention_mask, n_rows, n_tokens), n_examples
+
+
+def choice_logits(config: GPTConfig, params: dict, head: dict, ids, clf_positions, n_choices: int, *,
+                  attention_mask=None):
+    """scores [E, N] of each example's answers.  ids int [E*N, T] (example e's answers in rows
+    e*N .. e*N + N-1); clf_positions int [E*N]; attention_mask 0/1 [E*N, T] or None."""
+    inputs, positions, n_examples = _checked_choice(config, params, head, ids, clf_positions, n_choices,
+                                                    attention_mask)
+    hidden, _ = train_forward(config, params, inputs.ids, attention_mask=inputs.attention_mask)
+    h = hidden[np.arange(len(positions)), positions]  # [E*N, C]
+    return (h @ head["w"] + head["b"]).reshape(n_examples, n_choices)
+
+
+def choice_loss_and_grads(config: GPTConfig, params: dict, head: dict, ids, labels, clf_positions, n_choices: int,
+                          *, attention_mask=None, lm_coef=0.5, dropout=0.0, seed=None):
+    """L3 = L2 + lm_coef * L1 for multiple choice.  Arguments as choice_logits; labels int [E], the
+    right answer's index in [0, n_choices).
+
+        L2 = mean over examples of -log softmax(scores[e])[labels[e]]
+        L1 = token mean over the counted targets of all E*N rows (the context is predicted once per
+             answer, as in OpenAI's ROCStories code)
+
+    dropout as in classifier_loss_and_grads (on each row's h).
+    Returns (loss: float, grads with the structure of params, head_grads {"w" [C, 1], "b" [1]})."""
+    inputs, positions, n_examples = _checked_choice(config, params, head, ids, clf_positions, n_choices,
+                                                    attention_mask)
+    labels = check_labels(labels, n_examples, n_choices)
+
+    def head_loss(h):  # h [E*N, C] -> (L2, d h [E*N, C], head grads)
+        scores = (h @ head["w"] + head["b"]).reshape(n_examples, n_choices)  # [E, N]
+        d_scores = cross_entropy_backward(scores, labels).reshape(-1, 1)  # [E*N, 1]
+        return (cross_entropy(scores, labels), d_scores @ head["w"].T,
+                {"w": h.T @ d_scores, "b": d_scores.sum(axis=0)})
+
+    return fine_tuning_pass(config, params, inputs.ids, inputs.attention_mask, positions, head_loss,
+                            lm_coef=lm_coef, dropout=dropout, seed=seed)

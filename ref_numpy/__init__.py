@@ -47,3 +47,8 @@ from .optim import adamw_init, adamw_step, clip_grad_norm, lr_at  # noqa: E402
 __all__ += ["adamw_init", "adamw_step", "clip_grad_norm", "lr_at"]
 from .classifier import add_tokens, classifier_logits, classifier_loss_and_grads, init_classifier  # noqa: E402
 __all__ += ["init_classifier", "classifier_logits", "classifier_loss_and_grads", "add_tokens"]
+# GPT-1's similarity and multiple-choice tasks (issue 13): classifier.py.
+from .classifier import (choice_logits, choice_loss_and_grads, init_choice_head, similarity_logits,  # noqa: E402
+                         similarity_loss_and_grads)
+__all__ += ["similarity_logits", "similarity_loss_and_grads", "init_choice_head", "choice_logits",
+            "choice_loss_and_grads"]

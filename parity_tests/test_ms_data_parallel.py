@@ -9,8 +9,8 @@ One module-wide launch runs six jobs at once (each bounded by JOB_TIMEOUT):
   * msrun, 2 workers, a global batch of 3 rows (does not split over 2 ranks);
   * the script alone with msrun's variables but no scheduler (the cluster cannot form).
 All together ~2 minutes on this 2-core machine (graph compilation in the CLI jobs; after a worker
-fails, msrun's scheduler notices within its ~30 s heartbeat timeout).  Skipped when msrun is not on PATH; any other
-failure to start is a failure (the worker logs are shown).
+fails, msrun's scheduler notices within its ~30 s heartbeat timeout).  Skipped when msrun is not on
+PATH; any other failure to start is a failure (the worker logs are shown).
 """
 from __future__ import annotations
 
@@ -72,18 +72,21 @@ class Job:
 
     def __init__(self, name, command, cwd, log_dir=None, env=None):
         self.name, self.log_dir, self.started = name, log_dir, time.perf_counter()
-        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
+        # output to a file, not a pipe: nobody reads a pipe while the other jobs are awaited
+        self.output = Path(cwd) / f"{name.replace(' ', '_').replace(',', '')}.out"
+        with open(self.output, "w") as sink:
+            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
         self.result = None
 
     def wait(self):
         if self.result is None:
             try:
-                output, _ = self.process.communicate(timeout=JOB_TIMEOUT)
+                self.process.wait(timeout=max(1.0, JOB_TIMEOUT - (time.perf_counter() - self.started)))
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.communicate()
+                self.process.wait()
                 pytest.fail(f"{self.name} did not end within {JOB_TIMEOUT} s: a hang\n{self.logs()}")
+            output = self.output.read_text(errors="replace")
             self.result = (self.process.returncode, output, time.perf_counter() - self.started)
         return self.result
 

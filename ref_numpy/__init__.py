@@ -23,7 +23,8 @@ __all__ = [
     "Tokenizer", "MergeStep",
 ]
 # Tokenizers (see tokenizer.py) are exported below this line.
-from .tokenizer import MergeStep, Tokenizer  # noqa: E402  (bpe_gpt1/bpe_gpt2 hold the two tokenizers)
+from .tokenizer import MergeStep, Tokenizer, UnknownTokenError  # noqa: E402  (bpe_gpt1/bpe_gpt2 hold the two tokenizers)
+__all__ += ["UnknownTokenError"]
 # Learning a byte-level BPE tokenizer from text (bpe_train.py), for training from scratch.
 from .bpe_train import save_bpe, train_bpe  # noqa: E402
 __all__ += ["train_bpe", "save_bpe"]

@@ -14,7 +14,9 @@ A marker in the Markdown owns the block right after it:
     <!-- image: gptspec attention ... --out img/x.png -->
                                                         a ![...](img/x.png) line; the command, run in
                                                         the page's folder, draws the image when it is
-                                                        missing (or with --images)
+                                                        missing (or with --images); $DEMO_RUN in
+                                                        an image command is the model `gptspec train
+                                                        --demo` trains (see demo_run_dir)
 
 Symbols are found by name with `ast`, so an excerpt follows its function wherever it moves.
 
@@ -35,6 +37,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +154,30 @@ def reference_dir() -> Path:
     return Path(os.environ.get("GPTSPEC_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
 
 
+_demo_run: list[Path] = []  # the folder demo_run_dir trained, kept for the rest of this build
+DEMO_RUN_NAME = "gptspec-demo"  # the folder `gptspec train --demo` writes by default
+
+
+def demo_run_dir() -> Path:
+    """The trained demo model of $DEMO_RUN: $GPTSPEC_DEMO_RUN (a folder named gptspec-demo that
+    `gptspec train --demo` wrote), else `gptspec train --demo` run once per build into a temporary
+    folder (the run is deterministic; 2-6 minutes on a 2-core CPU).  Only drawing an image needs
+    it, and --check never draws: the docs check never trains."""
+    given = os.environ.get("GPTSPEC_DEMO_RUN")
+    if given:
+        given = Path(given).resolve()
+        if given.name != DEMO_RUN_NAME or not (given / "train_state.json").is_file():
+            raise ValueError(f"GPTSPEC_DEMO_RUN={str(given)!r} must be a run folder named {DEMO_RUN_NAME} "
+                             f"written by gptspec train --demo (the plots' titles name it)")
+        return given
+    if not _demo_run:
+        out = Path(tempfile.mkdtemp(prefix="gptspec-docs-")) / DEMO_RUN_NAME
+        print(f"training the demo model into {out} (gptspec train --demo; a few minutes) ...", file=sys.stderr)
+        run_gptspec(f"gptspec train --demo --no-progress --out {shlex.quote(str(out))}")
+        _demo_run.append(out)
+    return _demo_run[0]
+
+
 def run_gptspec(command: str, folder: Path = REPO) -> str:
     """Run `gptspec ...` in-process, in `folder`, and return what it printed."""
     argv = shlex.split(command)
@@ -161,6 +188,11 @@ def run_gptspec(command: str, folder: Path = REPO) -> str:
     from gptspec.cli import main
 
     argv = [arg.replace("$REFERENCE", str(reference_dir())) for arg in argv[1:]]
+    if any("$DEMO_RUN" in arg for arg in argv):  # run beside it: the plot's title then names
+        run = demo_run_dir()                       # gptspec-demo, not a temporary path
+        argv = [str(folder.resolve() / arg) if i and argv[i - 1] == "--out" else arg.replace("$DEMO_RUN", run.name)
+                for i, arg in enumerate(argv)]
+        folder = run.parent
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), working_directory(folder):
         status = main(argv)
@@ -238,6 +270,8 @@ def build(block: Block, root: Path, draw_images: bool = False) -> list[str]:
     if block.kind == "excerpt":
         return fenced(source_of(root, block.argument), "python")
     if block.kind == "output":
+        if "$DEMO_RUN" in block.argument:  # it would train on every --check
+            raise ValueError("$DEMO_RUN (the trained demo model) is for image markers only")
         return fenced(f"$ {block.argument}\n{run_gptspec(block.argument)}", "text")
     if block.kind == "image":
         return image_line(block, draw_images)

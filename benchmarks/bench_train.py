@@ -117,9 +117,45 @@ def run_pytorch(args) -> dict:
                 threads=f"torch {torch.get_num_threads()} threads")
 
 
+# MindSpore rows (issue 12): ms_backend.Trainer's whole step (forward, backward, loss scaling, clipping,
+# AdamW) as one compiled graph, or op by op in PyNative.  The warm-up step is timed on its own: in
+# graph mode it is the compilation (reported below the table, not in the step time).
+def _run_mindspore(args, *, amp_level="O0", mode="graph") -> dict:
+    import mindspore
+
+    from ms_backend import Trainer
+
+    baseline = rss_mb()
+    config, params, inputs, targets = same_inputs(args)
+    trainer = Trainer(config, params, amp_level=amp_level, mode=mode, lr=LR, betas=BETAS, eps=EPS,
+                      weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_NORM,
+                      loss_scale=None if amp_level == "O0" else "dynamic")
+    del params
+    start = time.perf_counter()
+    first = trainer.step(inputs, targets)
+    compile_s = time.perf_counter() - start
+    _, times = timed_steps(lambda: trainer.step(inputs, targets).loss, args.steps)  # its warm-up: a compiled step
+    skipped = (", first step skipped (overflow)" if first.skipped else "") if amp_level != "O0" else ""
+    return dict(loss=first.loss, times=times, baseline_mb=baseline, peak_mb=peak_rss_mb(),
+                threads=f"mindspore {mindspore.__version__} {mode} {amp_level}{skipped}", first_step_s=compile_s)
+
+
+def run_mindspore_graph(args) -> dict:
+    return _run_mindspore(args)
+
+
+def run_mindspore_graph_o2(args) -> dict:
+    return _run_mindspore(args, amp_level="O2")
+
+
+def run_mindspore_pynative(args) -> dict:
+    return _run_mindspore(args, mode="pynative")
+
+
 # name -> runner; each runner returns loss, times, baseline_mb, peak_mb, threads.  The table's
 # ratios are against REFERENCE.  (MindSpore rows: add e.g. "mindspore fp32": run_mindspore.)
-BACKENDS = {"numpy spec": run_numpy, "pytorch (HF)": run_pytorch}
+BACKENDS = {"numpy spec": run_numpy, "pytorch (HF)": run_pytorch, "mindspore graph fp32": run_mindspore_graph,
+            "mindspore graph O2 fp16": run_mindspore_graph_o2, "mindspore pynative fp32": run_mindspore_pynative}
 REFERENCE = "pytorch (HF)"
 
 
@@ -148,6 +184,9 @@ def print_table(results, args):
         ratio = f"{tokens / best / ref_speed:.2f}x" if ref_speed else "-"
         print(f"| {name} | {r['loss']:.6f} | {best:.2f} | {tokens / best:.0f} | {ratio} | {r['peak_mb']:.0f} | "
               f"{r['peak_mb'] - r['baseline_mb']:.0f} | {r['threads']} |")
+    for name, r in results.items():  # MindSpore: the first step (graph compilation), not in the step time
+        if "first_step_s" in r:
+            print(f"{name}: first step (compile + run) {r['first_step_s']:.1f} s")
 
 
 def main(argv=None):

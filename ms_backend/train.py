@@ -19,9 +19,10 @@ A non-finite gradient skips the update (parameters, moments and the optimizer's 
 untouched, bit for bit) and the step reports skipped=True; without loss scaling (loss_scale=None)
 it is an error, as ref_numpy.clip_grad_norm reports non-finite gradients.
 
-Data parallel (later: msrun): `n_targets` is the loss's normaliser and an input of the step, so
-every rank can divide by the *global* number of targets; `reduce_grads` is where the gradient
-all-reduce goes (identity in one process).
+Data parallel (ms_backend/distributed.py, under msrun): `n_targets` is the loss's normaliser and an
+input of the step, so every rank divides by the *global* number of targets; `reduce_grads` is where
+the gradient all-reduce goes (identity in one process; set it before the first step, it is compiled
+into the graph).
 """
 from __future__ import annotations
 

@@ -1,9 +1,13 @@
-"""gptspec finetune: fine-tune GPT-1 or GPT-2 for text classification or entailment, GPT-1's way.
+"""gptspec finetune: fine-tune GPT-1 or GPT-2 on GPT-1's four tasks: classify, entail, similar, choice.
 
-A head on the _classify_ token; loss = classification + --lm-coef x language modelling.
+A head on the _classify_ token; loss = task loss + --lm-coef x language modelling.
 
     gptspec finetune --task classify --data train.csv --valid valid.csv --model openai-gpt --out clf/
     gptspec classify --weights clf/ "what a great film" "dull and far too long"
+
+--task entail: premise, hypothesis, label columns; similar: text_a, text_b, label (both orders are
+read, their classify states summed); choice: context, answers (a JSONL list, or CSV columns
+answers_0, answers_1, ...), label = the right answer's index (one score per answer, softmax).
 """
 from __future__ import annotations
 
@@ -18,11 +22,13 @@ from gptspec.commands.train import check_numbers, distributed_rank, resolve_opti
 
 RUN_DEFAULTS = dict(
     task="classify", data=None, valid=None, text_column=None, premise_column="premise",
-    hypothesis_column="hypothesis", label_column="label", seq_len=None,
+    hypothesis_column="hypothesis", text_a_column="text_a", text_b_column="text_b", context_column="context",
+    answers_column="answers", label_column="label", seq_len=None,
     model=None, weights=None, config=None, n_layer=None, n_embd=None, n_head=None, n_ctx=None, vocab=None,
     train_tokenizer=None, backend="numpy", lm_coef=0.5, lr=6.25e-5, min_lr=0.0, warmup=0, schedule="linear",
     weight_decay=0.01, max_grad_norm=1.0, batch_size=8, grad_accum=1, steps=None, epochs=None, seed=0)
 DEFAULT_EPOCHS = 3
+TASKS = ("classify", "entail", "similar", "choice")
 FREE_DEFAULTS = dict(eval_every=None, save_every=None)
 
 
@@ -30,15 +36,20 @@ def register(subparsers):
     parser = subparsers.add_parser("finetune", help="fine-tune a GPT for text classification (GPT-1's head)",
                                    description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=("classify", "entail"),
-                        help="classify: (text, label) rows; entail: (premise, hypothesis, label) rows "
-                             "(similar and choice are not built yet)")
+    parser.add_argument("--task", choices=TASKS,
+                        help="classify: (text, label) rows; entail: (premise, hypothesis, label); similar: "
+                             "(text_a, text_b, label); choice: (context, answers, index of the right one)")
     parser.add_argument("--data", nargs="+", metavar="FILE", help=".jsonl or .csv rows with a text and a label column")
     parser.add_argument("--valid", nargs="+", metavar="FILE", help="held-out rows: accuracy each epoch, best kept")
     parser.add_argument("--text-column", help="classify: default 'text'")
     parser.add_argument("--premise-column", help="entail: default 'premise'")
     parser.add_argument("--hypothesis-column", help="entail: default 'hypothesis'")
-    parser.add_argument("--label-column", help="default 'label' (strings or integers)")
+    parser.add_argument("--text-a-column", help="similar: default 'text_a'")
+    parser.add_argument("--text-b-column", help="similar: default 'text_b'")
+    parser.add_argument("--context-column", help="choice: default 'context'")
+    parser.add_argument("--answers-column", help="choice: default 'answers' (CSV: answers_0, answers_1, ...)")
+    parser.add_argument("--label-column",
+                        help="default 'label' (strings or integers; choice: the right answer's index)")
     parser.add_argument("--seq-len", type=int, help="tokens per row (default: the longest row, at most n_ctx)")
     parser.add_argument("--model", metavar="NAME", help="published weights (e.g. openai-gpt, gpt2)")
     parser.add_argument("--weights", metavar="DIR", help="a checkpoint folder")
@@ -72,7 +83,7 @@ def run(args) -> int:
     from gptspec.training.backends import Hyper
     from gptspec.training.checkpoint import RunFolder
     from gptspec.training.classify_backend import NumpyClassifierBackend, load_classifier
-    from gptspec.training.classify_data import encode_rows, label_set, read_rows, special_ids
+    from gptspec.training.classify_data import encode_task, longest_row, read_task_rows, special_ids, task_labels
     from gptspec.training.data import BatchOrder, Document
     from gptspec.training.loop import Interrupted, LoopOptions, run_loop
 
@@ -85,13 +96,10 @@ def run(args) -> int:
     check_numbers({**opts, "valid_fraction": 0}, free)
     if opts["lm_coef"] < 0:
         raise ValueError(f"--lm-coef must be >= 0, got {opts['lm_coef']}")
-    if opts["task"] == "classify":
-        columns = (opts["text_column"] or "text", opts["label_column"])
-    else:
-        columns = (opts["premise_column"], opts["hypothesis_column"], opts["label_column"])
-    train_rows = read_rows(opts["data"], columns=columns, argument="--data")
-    valid_rows = read_rows(opts["valid"], columns=columns, argument="--valid") if opts["valid"] else None
-    labels = label_set(train_rows)
+    task = opts["task"]
+    train_rows = read_task_rows(task, opts["data"], opts, argument="--data")
+    valid_rows = read_task_rows(task, opts["valid"], opts, argument="--valid") if opts["valid"] else None
+    labels = task_labels(task, train_rows)
     folder = RunFolder(out)
     start_state = None
     if args.resume:
@@ -101,21 +109,23 @@ def run(args) -> int:
         config, params, head, saved = load_classifier(checkpoint)
         tokenizer = ref_numpy.Tokenizer.from_dir(checkpoint)
         special = saved["special_tokens"]
+        if saved.get("task", "classify") != task:
+            raise ValueError(f"--resume {out}: the checkpoint was fine-tuned for --task {saved.get('task')}, "
+                             f"not {task}")
     else:
         config, params, tokenizer = setup.build_model(opts, [Document("\n".join(t)) for t, _, _ in train_rows], say)
         special = special_ids(tokenizer.n_vocab)
         tokenizer = type(tokenizer)({**tokenizer.vocab, **special}, tokenizer.ranks, name=tokenizer.name)
         params = ref_numpy.add_tokens(params, len(special), seed=opts["seed"])
         config = config.replace(n_vocab=tokenizer.n_vocab)
-        head = ref_numpy.init_classifier(config, len(labels), opts["seed"])
+        head = (ref_numpy.init_choice_head(config, opts["seed"]) if task == "choice" else
+                ref_numpy.init_classifier(config, len(labels), opts["seed"]))
     if opts["seq_len"] is None:
-        longest = max(sum(len(tokenizer.encode_ordinary(t)) for t in texts) + len(texts) + 1
-                      for texts, _, _ in train_rows + (valid_rows or []))
-        opts["seq_len"] = min(config.n_ctx, longest)
+        opts["seq_len"] = min(config.n_ctx, longest_row(task, train_rows + (valid_rows or []), tokenizer))
     if opts["seq_len"] > config.n_ctx:
         raise ValueError(f"--seq-len {opts['seq_len']} is longer than the model's context n_ctx={config.n_ctx}")
-    train = encode_rows(train_rows, tokenizer, special, labels, seq_len=opts["seq_len"], argument="--data")
-    valid = (encode_rows(valid_rows, tokenizer, special, labels, seq_len=opts["seq_len"], argument="--valid")
+    train = encode_task(task, train_rows, tokenizer, special, labels, seq_len=opts["seq_len"], argument="--data")
+    valid = (encode_task(task, valid_rows, tokenizer, special, labels, seq_len=opts["seq_len"], argument="--valid")
              if valid_rows else None)
     for note in train.notes + (valid.notes if valid else []):
         say(note)
@@ -134,14 +144,15 @@ def run(args) -> int:
                   schedule=opts["schedule"], weight_decay=opts["weight_decay"],
                   max_grad_norm=opts["max_grad_norm"] or None, seed=opts["seed"])
     backend = NumpyClassifierBackend(config, params, head, hyper, lm_coef=opts["lm_coef"], labels=labels,
-                                     special=special, task=opts["task"])
+                                     special=special, task=task)
     if start_state is not None:
         backend.read_files(checkpoint)
         order = BatchOrder.from_state(start_state["data"])
     else:
         order = BatchOrder(len(train), opts["seed"])
-    say(f"fine-tuning {config.arch} ({config.n_layer} layers) on {len(train)} rows, {len(labels)} labels "
-        f"{labels}, {opts['steps']} steps of {opts['batch_size']}")
+    what = f"{len(labels)} answers each" if task == "choice" else f"{len(labels)} labels {labels}"
+    say(f"fine-tuning {config.arch} ({config.n_layer} layers) for {task} on {len(train)} examples, {what}, "
+        f"{opts['steps']} steps of {opts['batch_size']}")
 
     def save(step: int) -> None:
         def write_files(target: Path) -> None:
@@ -169,26 +180,39 @@ def run(args) -> int:
     return 0
 
 
-def classify_texts(folder, texts: list[str]) -> tuple[list[str], np.ndarray]:
-    """(labels, probabilities [len(texts), n_labels]) of a fine-tuned checkpoint on `texts` (for an
-    entail model each text is 'premise<TAB>hypothesis')."""
+TEXT_FORMS = {"classify": "a text", "entail": "'premise<TAB>hypothesis'", "similar": "'text_a<TAB>text_b'",
+              "choice": "'context<TAB>answer<TAB>answer...' (2 answers or more)"}
+
+
+def classify_texts(folder, texts: list[str]) -> tuple[list[tuple[list[str], np.ndarray]], list[str]]:
+    """([(names, probabilities)] per text, truncation notes) of a fine-tuned checkpoint on `texts`.
+    An entail or similar model takes 'first<TAB>second'; a choice model 'context<TAB>answer<TAB>...'
+    with any number >= 2 of answers (its head scores each answer alone), and its names are the answer
+    indices."""
     import ref_numpy
     from gptspec.training.backends import Hyper
     from gptspec.training.classify_backend import NumpyClassifierBackend, load_classifier
-    from gptspec.training.classify_data import encode_rows
+    from gptspec.training.classify_data import encode_task, longest_row
 
     config, params, head, saved = load_classifier(folder)
     tokenizer = ref_numpy.Tokenizer.from_dir(folder)
     labels, task = saved["labels"], saved.get("task", "classify")
     rows = []
     for i, text in enumerate(texts):
-        parts = tuple(text.split("\t")) if task == "entail" else (text,)
-        if task == "entail" and len(parts) != 2:
-            raise ValueError(f"text {i + 1}: an entail model takes 'premise<TAB>hypothesis', got {text!r}")
-        rows.append((parts, labels[0], f"text {i + 1}"))
-    longest = max(sum(len(tokenizer.encode_ordinary(t)) for t in parts) + len(parts) + 1 for parts, _, _ in rows)
-    encoded = encode_rows(rows, tokenizer, saved["special_tokens"], labels, seq_len=min(config.n_ctx, longest),
-                          argument="text")
-    backend = NumpyClassifierBackend(config, params, head, Hyper(lr=1.0, total_steps=1), lm_coef=0.0,
-                                     labels=labels, special=saved["special_tokens"], task=task)
-    return labels, backend.probabilities(encoded.ids, encoded.positions, encoded.attention_mask)
+        parts = tuple(text.split("\t")) if task != "classify" else (text,)
+        if (task in ("entail", "similar") and len(parts) != 2) or (task == "choice" and len(parts) < 3):
+            raise ValueError(f"text {i + 1}: a {task} model takes {TEXT_FORMS[task]}, got {text!r}")
+        rows.append((parts, "0" if task == "choice" else labels[0], f"text {i + 1}"))
+    seq_len = min(config.n_ctx, longest_row(task, rows, tokenizer))
+    # choice examples may differ in their number of answers: each is encoded on its own
+    groups = [[row] for row in rows] if task == "choice" else [rows]
+    results, notes = [], []
+    for group in groups:
+        names = [str(k) for k in range(len(group[0][0]) - 1)] if task == "choice" else labels
+        encoded = encode_task(task, group, tokenizer, saved["special_tokens"], names, seq_len=seq_len,
+                              argument="text")
+        notes += [note for note in encoded.notes if "lost the tail" in note]
+        backend = NumpyClassifierBackend(config, params, head, Hyper(lr=1.0, total_steps=1), lm_coef=0.0,
+                                         labels=labels, special=saved["special_tokens"], task=task)
+        results += [(names, p) for p in backend.probabilities(encoded.ids, encoded.positions, encoded.attention_mask)]
+    return results, notes

@@ -1,7 +1,8 @@
 """The NumPy spec's fine-tuning backend: GPT-1's classifier head and its combined loss.
 
-One update: ref_numpy.classifier_loss_and_grads on each micro-batch (loss = classification
-cross-entropy + lm_coef x the rows' LM loss), weighted by its share of the batch's rows;
+One update: the task's loss and gradients on each micro-batch (ref_numpy.classifier_loss_and_grads
+for classify and entail, similarity_loss_and_grads for similar, choice_loss_and_grads for choice:
+task cross-entropy + lm_coef x the rows' LM loss), weighted by its share of the batch's examples;
 clip_grad_norm over the model's and the head's gradients together; adamw_step on both (AdamW is
 element-wise, so two states with the same step count are one optimizer). Held-out metrics: the
 classification loss and the accuracy.
@@ -37,9 +38,7 @@ class NumpyClassifierBackend:
         loss, grads, head_grads = 0.0, None, None
         for ids, labels, positions, mask in micro_batches:
             share = len(ids) / total
-            micro_loss, g, hg = ref_numpy.classifier_loss_and_grads(
-                self.config, self.params, self.head, ids, labels, positions, attention_mask=mask,
-                lm_coef=self.lm_coef)
+            micro_loss, g, hg = self.loss_and_grads(ids, labels, positions, mask)
             loss += share * float(micro_loss)
             grads = _add_scaled(grads, g, share)
             head_grads = _add_scaled(head_grads, hg, share)
@@ -57,10 +56,39 @@ class NumpyClassifierBackend:
                                                                  **settings)
         return StepResult(loss=loss, grad_norm=float(norm), lr=lr)
 
+    def loss_and_grads(self, ids, labels, positions, mask):
+        """The task's (loss, grads, head_grads) on a micro-batch: ids, mask [n, L] (classify, entail)
+        or [n, K, L] (similar: K = 2 orders; choice: K = answers), positions [n] or [n, K], labels [n]."""
+        common = dict(lm_coef=self.lm_coef)
+        if self.task == "similar":
+            return ref_numpy.similarity_loss_and_grads(
+                self.config, self.params, self.head, ids[:, 0], ids[:, 1], labels, positions[:, 0], positions[:, 1],
+                attention_mask_ab=mask[:, 0], attention_mask_ba=mask[:, 1], **common)
+        if self.task == "choice":
+            n, k, length = ids.shape
+            return ref_numpy.choice_loss_and_grads(
+                self.config, self.params, self.head, ids.reshape(n * k, length), labels, positions.reshape(n * k),
+                k, attention_mask=mask.reshape(n * k, length), **common)
+        return ref_numpy.classifier_loss_and_grads(self.config, self.params, self.head, ids, labels, positions,
+                                                   attention_mask=mask, **common)
+
+    def logits(self, ids, positions, attention_mask):
+        """[n, n_classes] (or [n, K] answer scores for choice); shapes as loss_and_grads."""
+        if self.task == "similar":
+            return ref_numpy.similarity_logits(self.config, self.params, self.head, ids[:, 0], ids[:, 1],
+                                               positions[:, 0], positions[:, 1], attention_mask_ab=attention_mask[:, 0],
+                                               attention_mask_ba=attention_mask[:, 1])
+        if self.task == "choice":
+            n, k, length = ids.shape
+            return ref_numpy.choice_logits(self.config, self.params, self.head, ids.reshape(n * k, length),
+                                           positions.reshape(n * k), k,
+                                           attention_mask=attention_mask.reshape(n * k, length))
+        return ref_numpy.classifier_logits(self.config, self.params, self.head, ids, positions,
+                                           attention_mask=attention_mask)
+
     def probabilities(self, ids, positions, attention_mask=None) -> np.ndarray:
-        """[B, n_classes] softmax of the head's logits."""
-        logits = np.asarray(ref_numpy.classifier_logits(self.config, self.params, self.head, ids, positions,
-                                                        attention_mask=attention_mask), np.float64)
+        """[n, n_classes] softmax of the head's logits (choice: [n, K], over each example's answers)."""
+        logits = np.asarray(self.logits(ids, positions, attention_mask), np.float64)
         logits -= logits.max(axis=-1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=-1, keepdims=True)

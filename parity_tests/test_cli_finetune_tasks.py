@@ -201,3 +201,39 @@ def test_a_pair_is_cut_alike_in_either_order():
     encoded = encode_pairs(rows, Letters, special, ["x"], seq_len=10)
     np.testing.assert_array_equal(encoded.ids[0], encoded.ids[1][::-1])  # row 1's orders are row 0's swapped
     assert encoded.attention_mask[0, 0].sum() == 9 and "2 pairs were longer" in encoded.notes[0]
+
+
+def test_choice_resume_is_bit_exact(choice_files, tmp_path, monkeypatch):
+    """Ctrl-C during step 2 (of 6) of a choice run, then --resume: the one-output head, the model and the log
+    equal an uninterrupted run's (the head and its optimizer state go through the checkpoint)."""
+    import os
+    import signal
+
+    import numpy as np
+
+    import ref_numpy
+    from gptspec.training.classify_backend import NumpyClassifierBackend, load_classifier
+
+    args = ["finetune", "--task", "choice", "--data", str(choice_files / "train.jsonl"), "--valid",
+            str(choice_files / "valid.csv"), "--context-column", "question", *TINY, "--steps", "6",
+            "--eval-every", "2"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    original = NumpyClassifierBackend.train_step
+
+    def train_step(self, step, micro_batches):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, step, micro_batches)
+
+    monkeypatch.setattr(NumpyClassifierBackend, "train_step", train_step)
+    assert main([*args, "--out", str(tmp_path / "parts")]) == 130
+    monkeypatch.undo()
+    assert main(["finetune", "--resume", str(tmp_path / "parts"), "--no-progress"]) == 0
+    _, whole_params, whole_head, _ = load_classifier(tmp_path / "whole")
+    _, parts_params, parts_head, _ = load_classifier(tmp_path / "parts")
+    assert whole_head["w"].shape == (32, 1)
+    assert all(np.array_equal(whole_head[name], parts_head[name]) for name in whole_head)
+    flat_whole, flat_parts = ref_numpy.flatten_params(whole_params), ref_numpy.flatten_params(parts_params)
+    assert all(np.array_equal(flat_whole[k], flat_parts[k]) for k in flat_whole)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731
+    assert strip(read_log(tmp_path / "parts" / "log.jsonl")) == strip(read_log(tmp_path / "whole" / "log.jsonl"))

@@ -15,6 +15,12 @@ their gradients meet in d hidden and flow back through the model once.
 
 The three special tokens are new rows of wte (add_tokens); the head starts as OpenAI's `clf`
 layer: w ~ N(0, 0.02), b = 0 (init_classifier).
+
+The paper's four tasks (section 3.3, figure 1), all on one shared pass (fine_tuning_pass):
+  classification, entailment  one row per example       classifier_logits / classifier_loss_and_grads
+  similarity                  rows a-b and b-a, summed   similarity_logits / similarity_loss_and_grads
+  multiple choice             one row per answer, one    init_choice_head, choice_logits /
+                              score each, softmax        choice_loss_and_grads
 """
 from __future__ import annotations
 

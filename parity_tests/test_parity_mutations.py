@@ -295,13 +295,15 @@ def test_each_variant_fails_the_cli_on_a_small_checkpoint(capsys, tiny_checkpoin
     check_the_variant_fails_the_cli(VARIANTS[name], capsys, ["--weights", tiny_checkpoint], monkeypatch)
 
 
-# The bugs whose effect shrinks as the model grows: the unbiased variance's 1/(2C), an epsilon
-# next to a variance that grows with the activations, the erf-tanh gap at GELU's inputs.  The
-# small configs cannot vouch for them at 124M, so the slow test runs the DEFAULT `gptspec parity`
-# (random 124M, ~10 s each) for them.  The other bugs break a structure (an order, an axis, a
-# mask, a position, a slot, a dtype, NaN on a padded row) whose effect does not shrink with C;
+# The bugs whose effect shrinks as the model grows -- an epsilon next to a variance that grows
+# with the activations, the erf-tanh gap at GELU's inputs -- and that the derived bound alone no
+# longer catches at 124M (error / bound 0.18-0.66 there; the measured noise catches them, 11-64x
+# past its multiple).  The small configs cannot vouch for them at 124M, so the slow test runs the
+# DEFAULT `gptspec parity` (random 124M) for them.  The other bugs break a structure (an order, an
+# axis, a mask, a position, a slot, a dtype, NaN on a padded row) whose effect does not shrink
+# with C, or exceed the derived bound too (the unbiased variance: 4.9x);
 # `python -m parity_tests.test_parity_mutations` runs every variant in the default run.
-SIZE_SENSITIVE = ("erf GELU", "LayerNorm eps 1e-7", "LayerNorm unbiased variance", "LayerNorm eps outside the sqrt")
+SIZE_SENSITIVE = ("erf GELU", "LayerNorm eps 1e-7", "LayerNorm eps outside the sqrt")
 
 
 @pytest.mark.slow

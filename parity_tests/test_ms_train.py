@@ -18,7 +18,7 @@ pytest.importorskip("mindspore", reason="the MindSpore backend needs the `mindsp
 
 import ref_numpy as R  # noqa: E402
 from gptspec.compare import compare  # noqa: E402
-from gptspec.tolerances import forward_bound, ms_backward_bounds, ms_update_bound  # noqa: E402
+from gptspec.tolerances import backward_bound, forward_bound, ms_backward_bounds, ms_update_bound  # noqa: E402
 from ms_backend.train import Trainer  # noqa: E402
 from ref_numpy.data import pad_or_truncate, shift_targets  # noqa: E402
 from ref_numpy.optim import adamw_step, clip_grad_norm, lr_at  # noqa: E402
@@ -194,3 +194,22 @@ def gradient_table():
 
 if __name__ == "__main__":
     print(gradient_table())
+
+
+@pytest.mark.slow
+def test_124m_gradients_match_the_float64_spec():
+    """The 124M config once (1 x 32 tokens, random GPT-2 init): every gradient tensor of the graph
+    Trainer within backward_bound of the float64 spec's (the measured-noise bound is not used: the
+    float32 spec's backward on 124M would double the test's time and memory)."""
+    config = R.GPTConfig.from_name("gpt2")
+    params32 = R.init_params(config, seed=0)
+    ids = np.random.default_rng(0).integers(0, config.n_vocab, (1, 33))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    loss, grads = Trainer(config, params32, mode="graph", loss_scale=None).grads_numpy(inputs, targets)
+    loss64, grads64 = R.loss_and_grads(config, R.cast_params(params32, np.float64), inputs, targets)
+    assert abs(loss - loss64) <= forward_bound(config, "float32").allowed(loss64)
+    flat = R.flatten_params(grads)
+    bound = backward_bound(config, "float32", inputs.size)
+    failures = [c.describe() for name, g in R.flatten_params(grads64).items()
+                if not (c := compare(name, flat[name], g, bound)).passed]
+    assert not failures, "\n".join(failures)

@@ -157,7 +157,9 @@ def test_fp16_runs_follow_the_float32_loss_curve():
     each number of applied updates the loss within amp_loss_curve_bound of the float32 run's."""
     for level, (_, _, _, skipped, last, reference_last, within) in curve_comparison().items():
         assert within, f"{level} left the float32 loss curve"
-        assert skipped <= 3, f"{level}: {skipped} skipped steps"
+        # At most one overflow per doubling of the scale (the halving returns it to a scale that did
+        # not overflow): 300 // scale_window = 6 doublings; 2^16 itself fits this model's fp16 grads.
+        assert skipped <= 300 // 50, f"{level}: {skipped} skipped steps"
         assert last < 0.1 * np.log(CONFIG.n_vocab), f"{level} did not fit the batch (final loss {last})"
 
 

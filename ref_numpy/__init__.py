@@ -53,3 +53,6 @@ from .classifier import (choice_logits, choice_loss_and_grads, init_choice_head,
                          similarity_loss_and_grads)
 __all__ += ["similarity_logits", "similarity_loss_and_grads", "init_choice_head", "choice_logits",
             "choice_loss_and_grads"]
+# Dropout multipliers of one training forward, drawn in the spec's order (train.py).
+from .train import dropout_masks  # noqa: E402
+__all__ += ["dropout_masks"]

@@ -17,7 +17,8 @@ they are added to the residual stream).  Kept values are scaled by 1/(1-p) ("inv
 dropout), so nothing changes at inference.  The masks are drawn from `rng` in this fixed order:
 the embedding, then for each layer in turn: attention weights, attention branch, MLP branch --
 each as `rng.random(shape) >= p` in float64, so float32 and float64 runs with the same seed
-drop the same elements.
+drop the same elements.  `dropout_masks` draws them all at once (what the MindSpore Trainer feeds
+its compiled step).
 """
 from __future__ import annotations
 
@@ -46,13 +47,47 @@ def apply_dropout(x, scale):
     return x if scale is None else x * scale
 
 
-def mha_forward(x, attn_params, n_head, mask, p, rng):
-    """mha (layers.py) without a KV cache, plus dropout on the attention weights.
+def dropout_masks(config: GPTConfig, batch: int, n_tokens: int, p, rng, dtype=np.float64) -> dict:
+    """Every dropout multiplier of one training forward, drawn from `rng` in the module
+    docstring's order (the embedding, then per layer: attention weights, attention branch, MLP
+    branch), each as dropout_scale draws it:
+
+        {"embed": [B, T, C], "blocks": [{"attn_weights": [B, H, T, T], "attn": [B, T, C],
+                                         "mlp": [B, T, C]}, ... one per layer]}
+
+    With p == 0 every entry is None and nothing is drawn.  train_forward uses exactly these; an
+    implementation that draws no random numbers of its own (the MindSpore Trainer) takes them as
+    inputs and drops the same elements."""
+    p = check_dropout(p)
+    for name, value in (("batch", batch), ("n_tokens", n_tokens)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if p > 0 and not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator when dropout > 0, got {rng!r}")
+    B, T, C, H = int(batch), int(n_tokens), config.n_embd, config.n_head
+    embed_drop = dropout_scale((B, T, C), p, rng, dtype)
+    blocks = [block_dropout_masks((B, T, C), H, p, rng, dtype) for _ in range(config.n_layer)]
+    return {"embed": embed_drop, "blocks": blocks}
+
+
+def block_dropout_masks(x_shape, n_head, p, rng, dtype) -> dict:
+    """One layer's multipliers, in order: attention weights [B, H, T, T], attention branch and
+    MLP branch [B, T, C] (x_shape)."""
+    B, T, _ = x_shape
+    attn_weights = dropout_scale((B, n_head, T, T), p, rng, dtype)
+    attn = dropout_scale(x_shape, p, rng, dtype)
+    return {"attn_weights": attn_weights, "attn": attn, "mlp": dropout_scale(x_shape, p, rng, dtype)}
+
+
+def mha_forward(x, attn_params, n_head, mask, p=0.0, rng=None, *, drop=None):
+    """mha (layers.py) without a KV cache, plus dropout on the attention weights: the multiplier
+    `drop` [B, H, T, T] if given, else drawn from rng with probability p.
     x [B, T, C] -> (out [B, T, C], tape)."""
     qkv = linear(x, **attn_params["c_attn"])  # [B, T, 3C]
     q, k, v = (split_heads(part, n_head) for part in np.split(qkv, 3, axis=-1))  # [B, H, T, D] each
     y, weights = attention(q, k, v, mask)
-    drop = dropout_scale(weights.shape, p, rng, weights.dtype)
+    if drop is None:
+        drop = dropout_scale(weights.shape, p, rng, weights.dtype)
     if drop is not None:  # the same weighted sum, with some weights dropped
         y = (weights * drop) @ v
     y = merge_heads(y)  # [B, T, C]
@@ -67,25 +102,31 @@ def mlp_forward(x, mlp_params):
     return linear(a, **mlp_params["c_proj"]), dict(x=x, h=h, a=a)
 
 
-def gpt2_block_forward(x, p, n_head, mask, eps, dropout, rng):
-    """gpt2_block (layers.py) with dropout and a tape: pre-LN."""
-    a, attn_tape = mha_forward(layer_norm(x, **p["ln_1"], eps=eps), p["attn"], n_head, mask, dropout, rng)
-    attn_drop = dropout_scale(a.shape, dropout, rng, a.dtype)
+def gpt2_block_forward(x, p, n_head, mask, eps, dropout=0.0, rng=None, *, drops=None):
+    """gpt2_block (layers.py) with dropout and a tape: pre-LN.  drops: this layer's multipliers
+    (block_dropout_masks); None draws them from rng with probability `dropout`."""
+    if drops is None:
+        drops = block_dropout_masks(x.shape, n_head, dropout, rng, x.dtype)
+    a, attn_tape = mha_forward(layer_norm(x, **p["ln_1"], eps=eps), p["attn"], n_head, mask,
+                               drop=drops["attn_weights"])
+    attn_drop = drops["attn"]
     x1 = x + apply_dropout(a, attn_drop)
     m, mlp_tape = mlp_forward(layer_norm(x1, **p["ln_2"], eps=eps), p["mlp"])
-    mlp_drop = dropout_scale(m.shape, dropout, rng, m.dtype)
+    mlp_drop = drops["mlp"]
     out = x1 + apply_dropout(m, mlp_drop)
     return out, dict(x=x, x1=x1, attn=attn_tape, attn_drop=attn_drop, mlp=mlp_tape, mlp_drop=mlp_drop)
 
 
-def gpt1_block_forward(x, p, n_head, mask, eps, dropout, rng):
-    """gpt1_block (layers.py) with dropout and a tape: post-LN."""
-    a, attn_tape = mha_forward(x, p["attn"], n_head, mask, dropout, rng)
-    attn_drop = dropout_scale(a.shape, dropout, rng, a.dtype)
+def gpt1_block_forward(x, p, n_head, mask, eps, dropout=0.0, rng=None, *, drops=None):
+    """gpt1_block (layers.py) with dropout and a tape: post-LN.  drops as in gpt2_block_forward."""
+    if drops is None:
+        drops = block_dropout_masks(x.shape, n_head, dropout, rng, x.dtype)
+    a, attn_tape = mha_forward(x, p["attn"], n_head, mask, drop=drops["attn_weights"])
+    attn_drop = drops["attn"]
     s1 = x + apply_dropout(a, attn_drop)
     n = layer_norm(s1, **p["ln_1"], eps=eps)
     m, mlp_tape = mlp_forward(n, p["mlp"])
-    mlp_drop = dropout_scale(m.shape, dropout, rng, m.dtype)
+    mlp_drop = drops["mlp"]
     s2 = n + apply_dropout(m, mlp_drop)
     out = layer_norm(s2, **p["ln_2"], eps=eps)
     return out, dict(s1=s1, s2=s2, attn=attn_tape, attn_drop=attn_drop, mlp=mlp_tape, mlp_drop=mlp_drop)
@@ -109,12 +150,13 @@ def train_forward(config: GPTConfig, params: dict, ids, *, attention_mask=None, 
     n_tokens = inputs.ids.shape[1]
     mask = attention_mask_4d(n_tokens, n_tokens, inputs.attention_mask)  # [B|1, 1, T, T]
     x = embed(params, inputs.ids, inputs.position_ids)  # [B, T, C]
-    embed_drop = dropout_scale(x.shape, dropout, rng, x.dtype)
+    drops = dropout_masks(config, x.shape[0], n_tokens, dropout, rng, x.dtype)
+    embed_drop = drops["embed"]
     x = apply_dropout(x, embed_drop)
     eps, block_forward = config.layer_norm_epsilon, BLOCK_FORWARD[config.arch]
     block_tapes = []
-    for block_params in params["blocks"]:
-        x, block_tape = block_forward(x, block_params, config.n_head, mask, eps, dropout, rng)
+    for block_params, block_drops in zip(params["blocks"], drops["blocks"]):
+        x, block_tape = block_forward(x, block_params, config.n_head, mask, eps, drops=block_drops)
         block_tapes.append(block_tape)
     tape = dict(ids=inputs.ids, position_ids=inputs.position_ids, embed_drop=embed_drop, blocks=block_tapes,
                 ln_f_input=None)

@@ -142,6 +142,10 @@ class DataParallelTrainer:
         if topology.world_size > 1 and getattr(trainer, "head", None) is not None:
             raise DataParallelError("data parallel with a classifier head is not implemented (its loss is a mean "
                                     "over rows, which needs the global row count): fine-tune in one process")
+        if topology.world_size > 1 and getattr(trainer, "dropout", 0.0) > 0:
+            raise DataParallelError(f"data parallel with dropout > 0 (p={trainer.dropout}) is not implemented: every "
+                                    f"rank's Trainer draws the same masks for its own rows instead of its shard of "
+                                    f"the whole batch's masks; train with dropout 0 or in one process")
         if topology.world_size > 1:
             from mindspore import nn, ops
 

@@ -86,7 +86,7 @@ def padding_mask(attention_mask):
     return (attention_mask != 0)[:, None, None, :]
 
 
-def attention(q, k, v, mask, softmax_dtype=None, n_keys=None):
+def attention(q, k, v, mask, softmax_dtype=None, n_keys=None, weights_drop=None):
     """Scaled dot-product attention: (out [B, H, T, D], weights [B, H, T, S]).
 
     q [B, H, T, D], k and v [B, H, S, D], mask boolean broadcastable to [B, H, T, S].
@@ -97,6 +97,9 @@ def attention(q, k, v, mask, softmax_dtype=None, n_keys=None):
     n_keys: with a static cache only the first n_keys of the S slots hold keys.  The empty
     slots get -inf, so even a fully masked row is uniform over the n_keys real keys exactly
     as without the cache (at least one score per row stays finite: no NaN).
+
+    weights_drop: training's dropout multiplier [B, H, T, S] (ref_numpy.dropout_masks), applied
+    to the weights before they weight v, in its own dtype; the returned weights are undropped.
     """
     scores = _batch_matmul_t(q, k)
     if softmax_dtype is not None:
@@ -106,7 +109,8 @@ def attention(q, k, v, mask, softmax_dtype=None, n_keys=None):
     if n_keys is not None:
         scores = ops.where(ops.arange(k.shape[-2]) < n_keys, scores, float("-inf"))
     weights = softmax(scores, axis=-1)
-    return ops.matmul(to(weights, v.dtype), v), weights
+    used = weights if weights_drop is None else to(weights, weights_drop.dtype) * weights_drop
+    return ops.matmul(to(used, v.dtype), v), weights
 
 
 def split_qkv(qkv, n_head):
@@ -196,16 +200,21 @@ class MHA(nn.Cell):
         self.n_head = n_head
         self.matmul_dtype = precision.matmul
         self.softmax_dtype = precision.norm
+        self.elementwise_dtype = precision.elementwise
 
-    def construct(self, x, mask, past=None, cache_write=None):
+    def construct(self, x, mask, past=None, cache_write=None, weights_drop=None):
         """x [B, T, C] -> (out [B, T, C], present (k, v), weights [B, H, T, S]).
-        cache_write: None (dynamic cache) or (slots, n_keys) for the static cache."""
+        cache_write: None (dynamic cache) or (slots, n_keys) for the static cache.  weights_drop:
+        training's dropout multiplier of the weights [B, H, T, S] (float32), None at inference;
+        the multiply is elementwise (precision.elementwise)."""
         q, k, v = split_qkv(self.c_attn(x), self.n_head)
         k, v = extend_cache(past, k, v, cache_write)
         n_keys = None if cache_write is None else cache_write[1]
         dtype = self.matmul_dtype
         q, k_low, v_low = to(q, dtype), to(k, dtype), to(v, dtype)
-        y, weights = attention(q, k_low, v_low, mask, self.softmax_dtype, n_keys)
+        if weights_drop is not None:
+            weights_drop = to(weights_drop, self.elementwise_dtype)
+        y, weights = attention(q, k_low, v_low, mask, self.softmax_dtype, n_keys, weights_drop)
         y = record_dtype("matmul", q, k_low, v_low, y)  # q k^T and weights v
         weights = record_dtype("softmax", weights)
         return self.c_proj(merge_heads(y)), (k, v), weights
@@ -224,7 +233,21 @@ class MLP(nn.Cell):
         return self.c_proj(h)
 
 
-class GPT2Block(nn.Cell):
+def dropout(x, scale, dtype):
+    """Training's inverted dropout: x * scale (0 or 1/(1-p), from ref_numpy.dropout_masks), an
+    elementwise multiply in `dtype`; x itself when scale is None (inference)."""
+    return x if scale is None else to(x, dtype) * to(scale, dtype)
+
+
+class Block(nn.Cell):
+    """What both blocks share: the residual branches' dropout."""
+
+    def dropped(self, branch, drops, index):
+        """branch with multiplier drops[index] applied (precision.elementwise); unchanged without drops."""
+        return dropout(branch, None if drops is None else drops[index], self.attn.elementwise_dtype)
+
+
+class GPT2Block(Block):
     """Pre-LN: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))."""
 
     def __init__(self, params: dict, n_head: int, eps: float, precision: Precision):
@@ -234,16 +257,17 @@ class GPT2Block(nn.Cell):
         self.ln_2 = LayerNorm(params["ln_2"], eps, precision)
         self.mlp = MLP(params["mlp"], precision)
 
-    def construct(self, x, mask, past=None, cache_write=None):
-        """-> (x [B, T, C], present, (attn out, attn weights, mlp out)) -- the last for tracing."""
-        a, present, weights = self.attn(self.ln_1(x), mask, past, cache_write)
-        x = record_dtype("residual", x + a)
+    def construct(self, x, mask, past=None, cache_write=None, drops=None):
+        """-> (x [B, T, C], present, (attn out, attn weights, mlp out)) -- the last for tracing.
+        drops: training's dropout multipliers (attn weights, attn branch, mlp branch) or None."""
+        a, present, weights = self.attn(self.ln_1(x), mask, past, cache_write, None if drops is None else drops[0])
+        x = record_dtype("residual", x + self.dropped(a, drops, 1))
         m = self.mlp(self.ln_2(x))
-        x = record_dtype("residual", x + m)
+        x = record_dtype("residual", x + self.dropped(m, drops, 2))
         return x, present, (a, weights, m)
 
 
-class GPT1Block(nn.Cell):
+class GPT1Block(Block):
     """Post-LN: n = ln_1(x + attn(x)); h = ln_2(n + mlp(n))."""
 
     def __init__(self, params: dict, n_head: int, eps: float, precision: Precision):
@@ -253,12 +277,13 @@ class GPT1Block(nn.Cell):
         self.mlp = MLP(params["mlp"], precision)
         self.ln_2 = LayerNorm(params["ln_2"], eps, precision)
 
-    def construct(self, x, mask, past=None, cache_write=None):
-        """-> (h [B, T, C], present, (attn out, attn weights, mlp out)) -- the last for tracing."""
-        a, present, weights = self.attn(x, mask, past, cache_write)
-        n = self.ln_1(record_dtype("residual", x + a))
+    def construct(self, x, mask, past=None, cache_write=None, drops=None):
+        """-> (h [B, T, C], present, (attn out, attn weights, mlp out)) -- the last for tracing.
+        drops as in GPT2Block."""
+        a, present, weights = self.attn(x, mask, past, cache_write, None if drops is None else drops[0])
+        n = self.ln_1(record_dtype("residual", x + self.dropped(a, drops, 1)))
         m = self.mlp(n)
-        h = self.ln_2(record_dtype("residual", n + m))
+        h = self.ln_2(record_dtype("residual", n + self.dropped(m, drops, 2)))
         return h, present, (a, weights, m)
 
 

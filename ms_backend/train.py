@@ -32,14 +32,17 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, ops
 
-from ref_numpy import GPTConfig, check_dropout, check_targets, flatten_params, prepare_inputs, unflatten_params
+from ref_numpy import GPTConfig, check_dropout, check_targets, dropout_masks, flatten_params, prepare_inputs, \
+    unflatten_params
 from ref_numpy.optim import _check_hyper as check_adamw_hyperparameters
 from ref_numpy.optim import clip_grad_norm as spec_clip_grad_norm
 from ref_numpy.optim import lr_at
+from ref_numpy.train import dropout_scale
 
 from .amp import to
 from .classifier import HEAD_NAMES, ClassifierHead, at_positions, check_lm_coef, classifier_batch, final_hidden
-from .model import GPTModel, as_numpy, attention_mask_4d
+from .layers import dropout as apply_dropout
+from .model import GPTModel, as_numpy, attention_mask_4d, flat_dropout_masks
 from .optim import build_adamw, clip_grad_norm, global_norm, optimizer_state, quiet_pynative_update, set_lr
 from .scaler import LossScale, all_finite
 
@@ -97,9 +100,15 @@ class Trainer:
     min_lr, schedule: ref_numpy.lr_at (total_steps None: no decay after the warmup); betas, eps,
     weight_decay: ref_numpy.adamw_step (decay on >= 2-D tensors only); max_grad_norm:
     ref_numpy.clip_grad_norm (None: no clipping); loss_scale "dynamic" / a number >= 1 / None
-    with initial_scale and scale_window (scaler.py).  dropout: only 0 for now (refused otherwise);
-    head: a classifier head (ref_numpy.init_classifier) trained with the spec's combined loss
-    classification + lm_coef x LM (classifier.py); seed: kept for the dropout masks."""
+    with initial_scale and scale_window (scaler.py).  head: a classifier head
+    (ref_numpy.init_classifier) trained with the spec's combined loss classification + lm_coef x
+    LM (classifier.py).
+
+    dropout p in [0, 1) as in ref_numpy.train: the step draws no random numbers itself; the masks
+    are NumPy draws (ref_numpy.dropout_masks, then with a head the classify tokens' mask, as
+    ref_numpy.classifier_loss_and_grads) from this Trainer's numpy.random.default_rng(seed) --
+    step k uses the generator's k-th draw -- fed to the compiled step as float32 inputs.  save()
+    stores the generator's state, so a resumed run drops the same elements."""
 
     def __init__(self, config: GPTConfig, params: dict, *, amp_level="O0", dtype=None, mode="graph", lr=1e-3,
                  warmup_steps=0, total_steps=None, min_lr=0.0, schedule="cosine", betas=(0.9, 0.999), eps=1e-8,
@@ -111,15 +120,13 @@ class Trainer:
                                            schedule=schedule, betas=betas, eps=eps, weight_decay=weight_decay,
                                            max_grad_norm=max_grad_norm)
         self.dropout = check_dropout(dropout)
-        if self.dropout > 0:
-            raise NotImplementedError("dropout > 0 is not implemented by the MindSpore Trainer yet; "
-                                      "train with dropout=0.0 or with the NumPy backend")
         self.model = GPTModel(config, params, amp_level=amp_level, dtype=dtype)  # checks config, params, AMP
         self.head = None if head is None else ClassifierHead(config, head)
         self.lm_coef = check_lm_coef(lm_coef)
         weights = self.model.trainable_params() + ([] if self.head is None else self.head.trainable_params())
         self.config, self.amp_level, self.dtype, self.mode = config, amp_level, dtype, mode
         self.seed = seed
+        self.rng = np.random.default_rng(seed)  # the dropout masks' generator (saved by save())
         self.loss_scale_setting = (loss_scale, initial_scale, scale_window)
         self.scaler = LossScale(loss_scale, initial_scale, scale_window)
         self.optimizer = build_adamw(weights, lr=self.hyper["lr"], betas=self.hyper["betas"],
@@ -136,15 +143,19 @@ class Trainer:
 
     # -- the computation (compiled in graph mode) ----------------------------------------------
 
-    def _loss(self, ids, position_ids, mask, targets, n_targets, labels=None, positions=None, n_rows=None):
+    def _loss(self, drops, ids, position_ids, mask, targets, n_targets, labels=None, positions=None, n_rows=None):
         """The LM loss of one batch: forward (the inference model's own run) + cross_entropy.  With
         a head: the classification loss (mean over n_rows) + lm_coef x this LM loss (targets are
-        then the LM targets of the same rows, see classifier.classifier_batch)."""
+        then the LM targets of the same rows, see classifier.classifier_batch).  drops: None (no
+        dropout) or the dropout multipliers (see _dropout_masks)."""
         T = ids.shape[1]
-        logits, _, intermediates = self.model.run(ids, position_ids, attention_mask_4d(T, T, mask))
+        logits, _, intermediates = self.model.run(ids, position_ids, attention_mask_4d(T, T, mask), drops=drops)
         if self.head is None:
             return cross_entropy(logits, targets, n_targets=n_targets)
-        clf_logits = self.head(at_positions(final_hidden(self.model, intermediates), positions))
+        h = at_positions(final_hidden(self.model, intermediates), positions)  # [R, C]
+        if drops is not None:  # the head computes in float32, its dropout too
+            h = apply_dropout(h, drops[-1], ms.float32)
+        clf_logits = self.head(h)
         loss = cross_entropy(clf_logits, labels, n_targets=n_rows)
         if self.lm_coef > 0:
             loss = loss + self.lm_coef * cross_entropy(logits, targets, n_targets=n_targets)
@@ -154,14 +165,15 @@ class Trainer:
         loss = self._loss(*batch)
         return self.scaler.scale(loss), loss
 
-    def _grads_fn(self, ids, position_ids, mask, targets, n_targets, labels=None, positions=None, n_rows=None):
-        (_, loss), grads = self._value_and_grad(ids, position_ids, mask, targets, n_targets, labels, positions,
-                                                n_rows)
+    def _grads_fn(self, drops, ids, position_ids, mask, targets, n_targets, labels=None, positions=None,
+                  n_rows=None):
+        (_, loss), grads = self._value_and_grad(drops, ids, position_ids, mask, targets, n_targets, labels,
+                                                positions, n_rows)
         return loss, self.scaler.unscale(self.reduce_grads(grads))
 
-    def _train_step_fn(self, lr, ids, position_ids, mask, targets, n_targets, labels=None, positions=None,
+    def _train_step_fn(self, lr, drops, ids, position_ids, mask, targets, n_targets, labels=None, positions=None,
                        n_rows=None):
-        loss, grads = self._grads_fn(ids, position_ids, mask, targets, n_targets, labels, positions, n_rows)
+        loss, grads = self._grads_fn(drops, ids, position_ids, mask, targets, n_targets, labels, positions, n_rows)
         finite = all_finite(grads)
         norm = global_norm(grads)
         if finite:
@@ -198,6 +210,19 @@ class Trainer:
         return (Tensor(ids), Tensor(prepared.position_ids), Tensor(mask), Tensor(targets),
                 Tensor(float(count), ms.float32))
 
+    def _dropout_masks(self, batch, rng):
+        """The dropout multipliers of one step on `batch` (_batch's Tensors), drawn from `rng`:
+        ref_numpy.dropout_masks (float32), then with a head the classify tokens' [R, C], in the
+        spec's order; a mutable tuple of Tensors for the step (one graph for every draw).  None
+        when dropout == 0 (no draw, no dropout op in the graph)."""
+        if self.dropout == 0:
+            return None
+        n_rows, n_tokens = batch[0].shape
+        masks = flat_dropout_masks(dropout_masks(self.config, n_rows, n_tokens, self.dropout, rng, np.float32))
+        if self.head is not None:
+            masks += (dropout_scale((n_rows, self.config.n_embd), self.dropout, rng, np.float32),)
+        return ms.mutable(tuple(Tensor(m) for m in masks))
+
     def lr_at(self, step: int) -> float:
         """The learning rate of update `step` (0-based): ref_numpy.lr_at with this Trainer's schedule."""
         h = self.hyper
@@ -214,9 +239,10 @@ class Trainer:
         With a head: inputs are whole rows ids [B, T], targets the labels [B], clf_positions [B]
         each row's classify token (ref_numpy.classifier_loss_and_grads's arguments)."""
         batch = self._batch(inputs, targets, attention_mask, n_targets, clf_positions)
+        drops = self._dropout_masks(batch, self.rng)  # after the checks: bad input draws nothing
         lr = self.lr_at(self.step_count)
         scale = self.scaler.value
-        loss, norm, finite = self._train_step(Tensor(lr, ms.float32), *batch)
+        loss, norm, finite = self._train_step(Tensor(lr, ms.float32), drops, *batch)
         self.step_count += 1
         skipped = not bool(finite.asnumpy())
         if skipped and self.scaler.kind == "none":
@@ -225,11 +251,20 @@ class Trainer:
                                      f"the update was skipped.  Lower lr, clip (max_grad_norm) or check the data")
         return StepResult(float(loss.asnumpy()), float(norm.asnumpy()), lr, scale, skipped)
 
-    def grads_numpy(self, inputs, targets, attention_mask=None, *, clf_positions=None, n_targets=None):
+    def grads_numpy(self, inputs, targets, attention_mask=None, *, clf_positions=None, n_targets=None, seed=None):
         """(loss, grads): the unscaled float32 gradients of the loss at the current parameters, in
         the params dict's structure (as ref_numpy.loss_and_grads); nothing is updated.  With a head:
-        (loss, grads, head_grads), as ref_numpy.classifier_loss_and_grads."""
-        loss, grads = self._grads(*self._batch(inputs, targets, attention_mask, n_targets, clf_positions))
+        (loss, grads, head_grads), as ref_numpy.classifier_loss_and_grads.
+
+        With dropout > 0, seed is required: the masks are those of numpy.random.default_rng(seed),
+        as ref_numpy.loss_and_grads(..., dropout=p, seed=seed) draws them (the Trainer's own
+        generator, which step() uses, is not touched)."""
+        if self.dropout > 0 and seed is None:
+            raise ValueError(f"seed is required when the Trainer has dropout > 0 (p={self.dropout}): grads_numpy "
+                             f"uses the masks of numpy.random.default_rng(seed), as ref_numpy.loss_and_grads does")
+        batch = self._batch(inputs, targets, attention_mask, n_targets, clf_positions)
+        drops = self._dropout_masks(batch, np.random.default_rng(seed))
+        loss, grads = self._grads(drops, *batch)
         flat = {self.names[p.name]: g.asnumpy() for p, g in zip(self.optimizer.parameters, grads)}
         if self.head is None:
             return float(loss.asnumpy()), self._in_params_order(flat)

@@ -3,7 +3,8 @@
     DIR/config.json, model.safetensors   the float32 master weights (weights.save, "safetensors"):
                                          any gptspec tool, and transformers, load them
     DIR/ms_trainer.json                  the Trainer's settings, its step count, the optimizer's
-                                         update count and the loss scaler's state
+                                         update count, the loss scaler's state and the dropout
+                                         masks' generator state (numpy bit_generator.state)
     DIR/ms_optimizer.npz                 AdamW's moments: m/<name> and v/<name> per parameter
     DIR/ms_head.npz                      the classifier head's w and b (fine-tuning only)
 
@@ -55,7 +56,8 @@ def save_trainer(trainer, folder) -> Path:
             np.savez(file, **trainer.head_numpy())
     meta = {"format": FORMAT, "settings": trainer_settings(trainer), "has_head": trainer.head is not None,
             "step": trainer.step_count,
-            "optimizer_step": state["step"], "scaler": trainer.scaler.state()}
+            "optimizer_step": state["step"], "scaler": trainer.scaler.state(),
+            "dropout_rng": trainer.rng.bit_generator.state}
     (folder / TRAINER_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return folder
 
@@ -89,6 +91,8 @@ def _restore(trainer, meta: dict, moments: dict) -> None:
     restore_optimizer_state(trainer.optimizer, trainer.names, moments)
     trainer.scaler.restore(meta["scaler"])
     trainer.step_count = int(meta["step"])
+    if "dropout_rng" in meta:  # the next step draws the masks the saved Trainer would have drawn
+        trainer.rng.bit_generator.state = meta["dropout_rng"]
 
 
 def _shapes(trainer) -> dict:

@@ -21,8 +21,6 @@ class MindSporeBackend:
             from ms_backend import Trainer
         except ImportError as error:
             raise ImportError(f"--backend mindspore needs ms_backend.Trainer ({error}); or use --backend numpy") from None
-        if hyper.dropout > 0:
-            raise ValueError("--dropout > 0 needs --backend numpy: the MindSpore Trainer has no dropout yet")
         self.config, self.hyper = config, hyper
         # float32 (O0) cannot overflow where float16 does: loss scaling only with mixed precision.
         scaling = None if amp_level == "O0" else "dynamic"
@@ -30,7 +28,7 @@ class MindSporeBackend:
             config, params, amp_level=amp_level, dtype=None if amp_level == "O0" else "float16", mode=mode,
             lr=hyper.lr, warmup_steps=hyper.warmup_steps, total_steps=hyper.total_steps, min_lr=hyper.min_lr,
             schedule=hyper.schedule, betas=hyper.betas, eps=hyper.eps, weight_decay=hyper.weight_decay,
-            max_grad_norm=hyper.max_grad_norm, loss_scale=scaling, seed=hyper.seed)
+            max_grad_norm=hyper.max_grad_norm, loss_scale=scaling, dropout=hyper.dropout, seed=hyper.seed)
 
     def train_step(self, step: int, micro_batches) -> StepResult:
         # The Trainer takes one batch per update: the micro-batches are joined back into it

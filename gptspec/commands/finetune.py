@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -154,11 +153,7 @@ def run(args) -> int:
     say(f"fine-tuning {config.arch} ({config.n_layer} layers) for {task} on {len(train)} examples, {what}, "
         f"{opts['steps']} steps of {opts['batch_size']}")
 
-    def save(step: int) -> None:
-        def write_files(target: Path) -> None:
-            backend.write_files(target)
-            setup.write_tokenizer(tokenizer, target)
-        folder.save(step, write_files, {"data": order.state(), "backend": backend.name})
+    save = setup.checkpoint_writer(folder, backend, tokenizer, order)
 
     options = LoopOptions(total_steps=opts["steps"], batch_size=opts["batch_size"], grad_accum=opts["grad_accum"],
                           eval_every=free["eval_every"] or steps_per_epoch, save_every=free["save_every"],

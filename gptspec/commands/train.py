@@ -250,11 +250,7 @@ def run(args) -> int:
         f"on {len(train)} windows of {opts['seq_len']} tokens, backend {backend.name}, {opts['steps']} steps "
         f"of {opts['batch_size']} rows")
 
-    def save(step: int) -> None:
-        def write_files(target: Path) -> None:
-            backend.write_files(target)
-            setup.write_tokenizer(tokenizer, target)
-        folder.save(step, write_files, {"data": order.state(), "backend": backend.name})
+    save = setup.checkpoint_writer(folder, backend, tokenizer, order)
 
     options = LoopOptions(total_steps=opts["steps"], batch_size=opts["batch_size"], grad_accum=opts["grad_accum"],
                           eval_every=free["eval_every"] or max(1, opts["steps"] // 10), save_every=free["save_every"],

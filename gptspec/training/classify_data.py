@@ -174,25 +174,10 @@ def encode_rows(rows, tokenizer, special: dict[str, int], labels: list[str], *, 
 
 # ---- similar and choice: several sequences per example -------------------------------------------
 
-@dataclass
-class GroupRows:
+class GroupRows(ClassifyRows):
     """Examples of K token rows each: ids, attention_mask [E, K, L]; positions [E, K] (of each row's
-    _classify_); labels [E].  similar: K = 2 (a-b and b-a); choice: K = the number of answers."""
-    ids: np.ndarray
-    attention_mask: np.ndarray
-    labels: np.ndarray
-    positions: np.ndarray
-    notes: list
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def rows(self, index):
-        return self.ids[index], self.labels[index], self.positions[index], self.attention_mask[index]
-
-    @staticmethod
-    def count_tokens(micro_batch) -> int:
-        return int(micro_batch[3].sum())
+    _classify_); labels [E].  similar: K = 2 (a-b and b-a); choice: K = the number of answers.
+    The same fields and batching as ClassifyRows, one level deeper."""
 
 
 def encode_pairs(rows, tokenizer, special: dict[str, int], labels: list[str], *, seq_len: int,

@@ -97,6 +97,17 @@ def write_tokenizer(tokenizer: ref_numpy.Tokenizer, folder: Path) -> None:
 
 
 # -- windows --------------------------------------------------------------------------------------
+def checkpoint_writer(folder, backend, tokenizer, order):
+    """save(step) for the loop: the backend's files and the tokenizer into the run folder, with the
+    data position (the batch order's state) so a resumed run reads the batches it would have read."""
+    def save(step: int) -> None:
+        def write_files(target: Path) -> None:
+            backend.write_files(target)
+            write_tokenizer(tokenizer, target)
+        folder.save(step, write_files, {"data": order.state(), "backend": backend.name})
+    return save
+
+
 def build_windows(opts: dict, config, tokenizer, train_docs, valid_docs) -> tuple[TokenWindows, TokenWindows | None, list[str]]:
     """(training windows, held-out windows or None, notes). Without --valid the last --valid-fraction
     of the training windows is held out."""

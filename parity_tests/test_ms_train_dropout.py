@@ -14,7 +14,7 @@ pytest.importorskip("mindspore", reason="the MindSpore backend needs the `mindsp
 
 import ref_numpy as R  # noqa: E402
 from gptspec.compare import compare  # noqa: E402
-from gptspec.tolerances import forward_bound, ms_backward_bounds, ms_update_bound  # noqa: E402
+from gptspec.tolerances import amp_backward_bound, forward_bound, ms_backward_bounds, ms_update_bound  # noqa: E402
 from ms_backend.train import Trainer  # noqa: E402
 
 from .test_ms_train import CONFIGS, float32_model, padded_batch, spec_update  # noqa: E402
@@ -102,6 +102,13 @@ def test_save_and_load_mid_run_resumes_with_the_same_masks(tmp_path):
     got, want = R.flatten_params(resumed.params_numpy()), R.flatten_params(trainer.params_numpy())
     assert all(np.array_equal(got[k], want[k]) for k in want)
 
+    into = Trainer(config, float32_model(config, 5)[0], mode="pynative", **settings)  # resume(): the CLI's path
+    into.resume(tmp_path / "run")  # its generator is at draw 0: resume must move it to draw 1
+    for _ in range(2):
+        into.step(inputs, targets, mask)
+    got = R.flatten_params(into.params_numpy())
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+
     fresh = Trainer.load(tmp_path / "run")
     fresh.rng = np.random.default_rng(SETTINGS["seed"])  # what a checkpoint without the state would do
     for _ in range(2):
@@ -154,3 +161,21 @@ def test_classifier_head_with_dropout_matches_the_spec_with_the_same_seed():
                                                    attention_mask=mask, dropout=P, seed=4)
     bound = ms_backward_bounds(config, ids.size, head_grads64["w"], head_grads64["w"])[0]
     assert not compare("head.w", head_grads["w"], other_head["w"], bound).passed, "the masks must matter"
+
+
+def test_fp16_amp_gradients_with_dropout_match_the_spec():
+    """O2 (the dropout multiplies in float16, the elementwise dtype) with the dynamic loss scale
+    divided out: per tensor within amp_backward_bound of the float64 spec with the same masks
+    (observed <= 1.1e-3 of it).  This checks the AMP path (casts, unscaling), not which elements
+    are dropped: another seed's masks are still at 0.55 of this wide bound -- the float32 tests
+    above tell the masks apart."""
+    config = CONFIGS["gpt2"]
+    params32, params64 = float32_model(config, 3)
+    inputs, targets, mask = padded_batch(config, **BATCHES["gpt2"])
+    trainer = Trainer(config, params32, amp_level="O2", dtype="float16", mode="pynative", dropout=P, seed=0)
+    _, grads = trainer.grads_numpy(inputs, targets, mask, seed=7)
+    _, grads64 = R.loss_and_grads(config, params64, inputs, targets, attention_mask=mask, dropout=P, seed=7)
+    bound, flat = amp_backward_bound(config, "O2"), R.flatten_params(grads)
+    failures = [c.describe() for name, g in R.flatten_params(grads64).items()
+                if not (c := compare(name, flat[name], g, bound)).passed]
+    assert not failures, "\n".join(failures)

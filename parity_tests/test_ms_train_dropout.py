@@ -179,3 +179,21 @@ def test_fp16_amp_gradients_with_dropout_match_the_spec():
     failures = [c.describe() for name, g in R.flatten_params(grads64).items()
                 if not (c := compare(name, flat[name], g, bound)).passed]
     assert not failures, "\n".join(failures)
+
+
+def test_the_cli_backend_hands_dropout_and_seed_to_the_trainer():
+    """gptspec train --backend mindspore --dropout p --seed s: the adapter's Trainer drops with p
+    from default_rng(s), and one step draws exactly one set of masks of the batch's shape."""
+    from gptspec.training.backends import Hyper
+    from gptspec.training.ms_backend_adapter import MindSporeBackend
+
+    config = CONFIGS["gpt2"]
+    backend = MindSporeBackend(config, float32_model(config, 1)[0], Hyper(lr=1e-3, total_steps=4, dropout=P, seed=9),
+                               mode="pynative")
+    assert backend.trainer.dropout == P and backend.trainer.seed == 9
+    inputs, targets, mask = padded_batch(config, **BATCHES["gpt2"])
+    result = backend.train_step(0, [(inputs, targets, mask)])
+    assert np.isfinite(result.loss) and not result.skipped
+    replay = np.random.default_rng(9)
+    R.dropout_masks(config, *inputs.shape, P, replay, np.float32)  # one step's draw
+    assert backend.trainer.rng.bit_generator.state == replay.bit_generator.state

@@ -34,7 +34,7 @@ from mindspore import Tensor, ops
 
 from ref_numpy import GPTConfig, check_dropout, check_targets, dropout_masks, flatten_params, prepare_inputs, \
     unflatten_params
-from ref_numpy.optim import _check_hyper as check_adamw_hyperparameters
+from ref_numpy.optim import check_adamw_hyperparameters
 from ref_numpy.optim import clip_grad_norm as spec_clip_grad_norm
 from ref_numpy.optim import lr_at
 from ref_numpy.train import dropout_scale

@@ -80,7 +80,8 @@ def adamw_init(params) -> dict:
     return {"step": 0, "m": _rebuild(params, iter(zeros)), "v": _rebuild(params, iter([z.copy() for z in zeros]))}
 
 
-def _check_hyper(lr, betas, eps, weight_decay):
+def check_adamw_hyperparameters(lr, betas, eps, weight_decay):
+    """The checks of adamw_step's hyper-parameters, shared with every backend's AdamW (same messages)."""
     def number(value):
         return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
             and math.isfinite(value)
@@ -130,7 +131,7 @@ def adamw_step(params, grads, state, *, lr, betas=(0.9, 0.999), eps=1e-8, weight
     """
     if variant not in ADAM_VARIANTS:
         raise ValueError(f"variant must be one of {ADAM_VARIANTS}, got {variant!r}")
-    _check_hyper(lr, betas, eps, weight_decay)
+    check_adamw_hyperparameters(lr, betas, eps, weight_decay)
     if not isinstance(state, dict) or set(state) != {"step", "m", "v"}:
         raise ValueError("state must be the dict adamw_init returns ({'step', 'm', 'v'})")
     leaves, grad_leaves = _check_same_structure(params, grads, "grads")

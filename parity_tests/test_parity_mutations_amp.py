@@ -60,14 +60,16 @@ def logits_in_low_precision(monkeypatch):
 def residual_in_float32(monkeypatch):
     """O3, the reverse violation: the residual adds promote to float32 (O3 runs every element-wise
     operation in float16), so the residual stream leaves the level's dtype."""
-    def gpt2_construct(self, x, mask, past=None, cache_write=None):
+    def gpt2_construct(self, x, mask, past=None, cache_write=None, drops=None):
+        assert drops is None, "parity runs without dropout"
         a, present, weights = self.attn(self.ln_1(x), mask, past, cache_write)
         x = record_dtype("residual", to(x, ms.float32) + to(a, ms.float32))
         m = self.mlp(self.ln_2(x))
         x = record_dtype("residual", x + to(m, ms.float32))
         return x, present, (a, weights, m)
 
-    def gpt1_construct(self, x, mask, past=None, cache_write=None):
+    def gpt1_construct(self, x, mask, past=None, cache_write=None, drops=None):
+        assert drops is None, "parity runs without dropout"
         a, present, weights = self.attn(x, mask, past, cache_write)
         n = self.ln_1(record_dtype("residual", to(x, ms.float32) + to(a, ms.float32)))
         m = self.mlp(n)

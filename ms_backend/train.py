@@ -34,6 +34,7 @@ from mindspore import Tensor, ops
 
 from ref_numpy import GPTConfig, check_dropout, check_targets, dropout_masks, flatten_params, prepare_inputs, \
     unflatten_params
+from ref_numpy.classifier import check_positions
 from ref_numpy.optim import check_adamw_hyperparameters
 from ref_numpy.optim import clip_grad_norm as spec_clip_grad_norm
 from ref_numpy.optim import lr_at
@@ -140,6 +141,7 @@ class Trainer:
         run = ms.jit if mode == "graph" else (lambda f: f)
         self._train_step = run(self._train_step_fn)
         self._grads = run(self._grads_fn)
+        self._classify = run(self._classify_fn)
 
     # -- the computation (compiled in graph mode) ----------------------------------------------
 
@@ -181,6 +183,11 @@ class Trainer:
             self._update(clip_grad_norm(grads, self.hyper["max_grad_norm"], norm))
         self.scaler.adjust(finite)
         return loss, norm, finite
+
+    def _classify_fn(self, ids, position_ids, mask, positions):
+        T = ids.shape[1]
+        _, _, intermediates = self.model.run(ids, position_ids, attention_mask_4d(T, T, mask))
+        return self.head(at_positions(final_hidden(self.model, intermediates), positions))
 
     # -- NumPy in, NumPy out -------------------------------------------------------------------
 
@@ -269,6 +276,17 @@ class Trainer:
         if self.head is None:
             return float(loss.asnumpy()), self._in_params_order(flat)
         return float(loss.asnumpy()), self._in_params_order(flat), {"w": flat[HEAD_NAMES[0]], "b": flat[HEAD_NAMES[1]]}
+
+    def classifier_logits_numpy(self, ids, clf_positions, attention_mask=None) -> np.ndarray:
+        """[B, n_classes] float32: the head's logits at each row's classify token with the current
+        weights, no dropout (ref_numpy.classifier_logits's arguments; held-out evaluation)."""
+        if self.head is None:
+            raise ValueError("this Trainer has no classifier head (Trainer(head=...)): it has no classifier logits")
+        inputs = prepare_inputs(self.config, ids, attention_mask=attention_mask)
+        positions = check_positions(clf_positions, inputs.attention_mask, *inputs.ids.shape)
+        mask = np.ones_like(inputs.ids) if inputs.attention_mask is None else inputs.attention_mask
+        logits = self._classify(Tensor(inputs.ids), Tensor(inputs.position_ids), Tensor(mask), Tensor(positions))
+        return logits.asnumpy()
 
     def head_numpy(self) -> dict | None:
         """The classifier head's current {"w", "b"} (None without a head)."""

@@ -12,9 +12,10 @@ import pytest
 from gptspec.cli import main
 from gptspec.training.loop import read_log
 
+# The spec's backend: these tests state what fine-tuning computes (test_cli_finetune_ms.py runs MindSpore).
 TINY = ["--config", "gpt2", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-ctx", "64",
         "--train-tokenizer", "300", "--seq-len", "48", "--batch-size", "16", "--lr", "3e-3", "--warmup", "5",
-        "--no-progress"]
+        "--backend", "numpy", "--no-progress"]
 
 
 def prose_and_code():
@@ -137,7 +138,8 @@ def test_entail_pairs_reach_the_stated_accuracy(task_files, tmp_path, capsys):
 
 
 def test_finetune_resume_is_bit_exact(task_files, tmp_path, monkeypatch, capsys):
-    """Ctrl-C during step 3, then --resume: the model, the head and the log equal an uninterrupted run's."""
+    """Ctrl-C during step 3, then --resume: the model, the head and the log equal an uninterrupted
+    run's, dropout masks included."""
     import os
     import signal
 
@@ -148,8 +150,12 @@ def test_finetune_resume_is_bit_exact(task_files, tmp_path, monkeypatch, capsys)
 
     args = ["finetune", "--task", "classify", "--data", str(task_files / "train.csv"), "--valid",
             str(task_files / "valid.jsonl"), "--text-column", "paragraph", "--label-column", "source", *TINY,
-            "--steps", "6", "--eval-every", "2"]
+            "--steps", "6", "--eval-every", "2", "--dropout", "0.1"]   # dropout: the masks resume too
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    assert main([*args, "--dropout", "0", "--out", str(tmp_path / "no-dropout")]) == 0
+    losses = [[r["loss"] for r in read_log(tmp_path / run / "log.jsonl") if "loss" in r]
+              for run in ("whole", "no-dropout")]
+    assert losses[0][0] != losses[1][0]   # --dropout reaches the loss
     original = NumpyClassifierBackend.train_step
 
     def train_step(self, step, micro_batches):

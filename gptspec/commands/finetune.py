@@ -18,13 +18,15 @@ import sys
 import numpy as np
 
 from gptspec.commands.train import check_numbers, distributed_rank, resolve_options
+from gptspec.training.ms_classify_backend import TASKS as MINDSPORE_TASKS
 
 RUN_DEFAULTS = dict(
     task="classify", data=None, valid=None, text_column=None, premise_column="premise",
     hypothesis_column="hypothesis", text_a_column="text_a", text_b_column="text_b", context_column="context",
     answers_column="answers", label_column="label", seq_len=None,
     model=None, weights=None, config=None, n_layer=None, n_embd=None, n_head=None, n_ctx=None, vocab=None,
-    train_tokenizer=None, backend="numpy", lm_coef=0.5, lr=6.25e-5, min_lr=0.0, warmup=0, schedule="linear",
+    train_tokenizer=None, backend=None, amp="O0", dropout=0.0, lm_coef=0.5, lr=6.25e-5, min_lr=0.0, warmup=0,
+    schedule="linear",
     weight_decay=0.01, max_grad_norm=1.0, batch_size=8, grad_accum=1, steps=None, epochs=None, seed=0)
 DEFAULT_EPOCHS = 3
 TASKS = ("classify", "entail", "similar", "choice")
@@ -57,7 +59,11 @@ def register(subparsers):
         parser.add_argument(f"--{name}", type=int, metavar="N", help=f"with --config: override {name.replace('-', '_')}")
     parser.add_argument("--vocab", metavar="DIR", help="tokenizer folder (default: the checkpoint's own)")
     parser.add_argument("--train-tokenizer", type=int, metavar="N", help="with --config: learn a BPE of N tokens")
-    parser.add_argument("--backend", choices=("numpy",), help="numpy (the spec); MindSpore is not wired for this yet")
+    parser.add_argument("--backend", choices=("numpy", "mindspore"),
+                        help="default: mindspore (graph mode) when installed and the task is classify or entail "
+                             "(similar and choice train on numpy only), else numpy")
+    parser.add_argument("--amp", choices=("O0", "O1", "O2", "O3"), help="MindSpore mixed precision (default O0)")
+    parser.add_argument("--dropout", type=float, help="dropout rate while training (default 0; GPT-1 used 0.1)")
     parser.add_argument("--lm-coef", type=float, help="weight of the auxiliary LM loss (default 0.5, GPT-1's)")
     for name, kind, text in (("lr", float, "default 6.25e-5 (GPT-1)"), ("min-lr", float, "default 0"),
                              ("warmup", int, "steps, default 0"), ("weight-decay", float, "default 0.01"),
@@ -81,7 +87,7 @@ def run(args) -> int:
     from gptspec.training import setup
     from gptspec.training.backends import Hyper
     from gptspec.training.checkpoint import RunFolder
-    from gptspec.training.classify_backend import NumpyClassifierBackend, load_classifier
+    from gptspec.training.classify_backend import load_classifier
     from gptspec.training.classify_data import encode_task, longest_row, read_task_rows, special_ids, task_labels
     from gptspec.training.data import BatchOrder, Document
     from gptspec.training.loop import Interrupted, LoopOptions, run_loop
@@ -96,6 +102,9 @@ def run(args) -> int:
     if opts["lm_coef"] < 0:
         raise ValueError(f"--lm-coef must be >= 0, got {opts['lm_coef']}")
     task = opts["task"]
+    if opts["backend"] is None:
+        opts["backend"] = setup.default_backend() if task in MINDSPORE_TASKS else "numpy"
+    check_backend_options(opts)
     train_rows = read_task_rows(task, opts["data"], opts, argument="--data")
     valid_rows = read_task_rows(task, opts["valid"], opts, argument="--valid") if opts["valid"] else None
     labels = task_labels(task, train_rows)
@@ -141,9 +150,8 @@ def run(args) -> int:
         folder.start(identity, overwrite=bool(args.overwrite))
     hyper = Hyper(lr=opts["lr"], total_steps=opts["steps"], warmup_steps=opts["warmup"], min_lr=opts["min_lr"],
                   schedule=opts["schedule"], weight_decay=opts["weight_decay"],
-                  max_grad_norm=opts["max_grad_norm"] or None, seed=opts["seed"])
-    backend = NumpyClassifierBackend(config, params, head, hyper, lm_coef=opts["lm_coef"], labels=labels,
-                                     special=special, task=task)
+                  max_grad_norm=opts["max_grad_norm"] or None, dropout=opts["dropout"], seed=opts["seed"])
+    backend = make_classifier_backend(opts, config, params, head, hyper, labels=labels, special=special)
     if start_state is not None:
         backend.read_files(checkpoint)
         order = BatchOrder.from_state(start_state["data"])
@@ -151,7 +159,7 @@ def run(args) -> int:
         order = BatchOrder(len(train), opts["seed"])
     what = f"{len(labels)} answers each" if task == "choice" else f"{len(labels)} labels {labels}"
     say(f"fine-tuning {config.arch} ({config.n_layer} layers) for {task} on {len(train)} examples, {what}, "
-        f"{opts['steps']} steps of {opts['batch_size']}")
+        f"{opts['steps']} steps of {opts['batch_size']}, backend {backend.name}")
 
     save = setup.checkpoint_writer(folder, backend, tokenizer, order)
 
@@ -173,6 +181,26 @@ def run(args) -> int:
     if best.is_file():
         say(f"best held-out accuracy kept: {best.read_text().strip()}")
     return 0
+
+
+def check_backend_options(opts: dict) -> None:
+    """Refuse a backend that cannot run the task or the precision, before anything is read or written."""
+    if opts["backend"] == "numpy" and opts["amp"] != "O0":
+        raise ValueError(f"--amp {opts['amp']} needs --backend mindspore (the NumPy spec trains in float32)")
+    if opts["backend"] == "mindspore" and opts["task"] not in MINDSPORE_TASKS:
+        raise ValueError(f"--backend mindspore fine-tunes --task {' or '.join(MINDSPORE_TASKS)}; --task "
+                         f"{opts['task']} runs on --backend numpy")
+
+
+def make_classifier_backend(opts: dict, config, params, head, hyper, *, labels, special):
+    from gptspec.training.classify_backend import NumpyClassifierBackend
+
+    common = dict(lm_coef=opts["lm_coef"], labels=labels, special=special, task=opts["task"])
+    if opts["backend"] == "numpy":
+        return NumpyClassifierBackend(config, params, head, hyper, **common)
+    from gptspec.training.ms_classify_backend import MindSporeClassifierBackend
+
+    return MindSporeClassifierBackend(config, params, head, hyper, amp_level=opts["amp"], **common)
 
 
 TEXT_FORMS = {"classify": "a text", "entail": "'premise<TAB>hypothesis'", "similar": "'text_a<TAB>text_b'",

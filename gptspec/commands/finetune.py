@@ -26,8 +26,7 @@ RUN_DEFAULTS = dict(
     answers_column="answers", label_column="label", seq_len=None,
     model=None, weights=None, config=None, n_layer=None, n_embd=None, n_head=None, n_ctx=None, vocab=None,
     train_tokenizer=None, backend=None, amp="O0", dropout=0.0, lm_coef=0.5, lr=6.25e-5, min_lr=0.0, warmup=0,
-    schedule="linear",
-    weight_decay=0.01, max_grad_norm=1.0, batch_size=8, grad_accum=1, steps=None, epochs=None, seed=0)
+    schedule="linear", weight_decay=0.01, max_grad_norm=1.0, batch_size=8, grad_accum=1, steps=None, epochs=None, seed=0)
 DEFAULT_EPOCHS = 3
 TASKS = ("classify", "entail", "similar", "choice")
 FREE_DEFAULTS = dict(eval_every=None, save_every=None)

@@ -167,6 +167,11 @@ class DataParallelTrainer:
 
         return self._sum(Tensor(values)).asnumpy()
 
+    def any_rank(self, flag: bool) -> bool:
+        """Is `flag` set on any rank?  A collective: every rank must call it at the same point
+        (the training loop asks it after every step whether a rank was signalled to stop)."""
+        return bool(self._all_sum([1.0 if flag else 0.0])[0] > 0)
+
     def global_count(self, targets) -> int:
         """The number of non-ignored targets over every rank's shard (one AllReduce).  Sent as
         count // 4096 and count % 4096: float32 sums integers exactly below 2^24, so both parts

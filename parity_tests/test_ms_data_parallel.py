@@ -1,11 +1,13 @@
 """Data parallel under msrun (ms_backend/distributed.py): 2 ranks compute what one process computes
 on the whole batch, and rank / world-size problems end in one line, not a hang.
 
-One module-wide launch runs six jobs at once (each bounded by JOB_TIMEOUT):
+One module-wide launch runs seven jobs at once (each bounded by JOB_TIMEOUT):
   * msrun, 2 workers, parity_tests/dp_worker.py on a tiny GPT-2 and a padded batch whose rows give
     rank 0 15 targets and rank 1 only 3 (a per-rank mean would weigh them alike);
   * the same script as one plain process on the whole batch (the reference);
   * `gptspec train` under msrun (2 ranks, graph mode) and as one process, on a tiny config;
+  * `gptspec train` under msrun with a SIGTERM to rank 1 alone during its first step (then
+    --resume under msrun, started by the test itself);
   * msrun, 2 workers, a global batch of 3 rows (does not split over 2 ranks);
   * the script alone with msrun's variables but no scheduler (the cluster cannot form).
 All together ~2 minutes on this 2-core machine (graph compilation in the CLI jobs; after a worker
@@ -123,6 +125,11 @@ def jobs(tmp_path_factory):
                                   root, root / "logs-cli")
     started["cli_single"] = Job("gptspec train", [sys.executable, str(CLI), *cli, "--out", str(root / "cli-single")],
                                 root)
+    # a SIGTERM to rank 1 alone during step 1 of 2: every rank stops after it, rank 0 saves it
+    started["cli_signalled"] = Job("gptspec train under msrun, rank 1 signalled",
+                                   msrun_job(root / "logs-signalled", *cli, "--out", str(root / "cli-signalled"),
+                                             script=CLI),
+                                   root, root / "logs-signalled", env={**os.environ, "GPTSPEC_TEST_SIGTERM": "1:0"})
     started["root"] = root
     return started
 
@@ -255,6 +262,29 @@ def test_gptspec_train_under_msrun_trains_what_one_process_trains(jobs):
     worker_1 = (jobs["cli_parallel"].log_dir / "worker_1.log").read_text(errors="replace")
     assert "trained to step 2" in (jobs["cli_parallel"].log_dir / "worker_0.log").read_text(errors="replace")
     assert "step 2/2 loss" in worker_1 and "trained to step" not in worker_1  # rank 1 trained, wrote nothing
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_and_resume_is_bit_exact(jobs):
+    """A scheduler's SIGTERM reaches rank 1 only, during step 1: the ranks agree after the step to
+    stop (no rank left waiting in an all-reduce), rank 0 saves step 1 before anyone exits, and
+    `--resume` under msrun ends bit for bit where the uninterrupted 2-rank run ended."""
+    code, output, _ = jobs["cli_signalled"].wait()
+    logs = jobs["cli_signalled"].log_dir
+    worker_0, worker_1 = ((logs / f"worker_{r}.log").read_text(errors="replace") for r in range(WORLD))
+    assert code != 0 and "SIGTERM: finishing this step" in worker_1, output[-3000:] + jobs["cli_signalled"].logs()
+    assert "SIGTERM" not in worker_0 and "interrupted: saved step 1" in worker_0, jobs["cli_signalled"].logs()
+    root = jobs["root"]
+    assert [r["step"] for r in read_log(root / "cli-signalled" / "log.jsonl")] == [0, 1]  # held-out at 0, step 1
+    resumed = Job("gptspec train --resume under msrun",
+                  msrun_job(root / "logs-resumed", "train", "--resume", str(root / "cli-signalled"), "--no-progress",
+                            script=CLI), root, root / "logs-resumed")
+    finished(resumed)
+    finished(jobs["cli_parallel"])
+    whole = R.flatten_params(weights.load(root / "cli-parallel")[1])
+    parts = R.flatten_params(weights.load(root / "cli-signalled")[1])
+    assert all(np.array_equal(whole[name], parts[name]) for name in whole)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731
+    assert strip(read_log(root / "cli-signalled" / "log.jsonl")) == strip(read_log(root / "cli-parallel" / "log.jsonl"))
 
 
 # -- the checks, without a cluster ---------------------------------------------------------------

@@ -256,6 +256,8 @@ def run(args) -> int:
                           eval_every=free["eval_every"] or max(1, opts["steps"] // 10), save_every=free["save_every"],
                           progress=args.progress if args.progress is not None else sys.stderr.isatty(),
                           rank=rank, world_size=world_size)
+    if world_size > 1:
+        options.any_rank = backend.trainer.any_rank
     try:
         summary = run_loop(backend, train, valid, order, options, folder,
                            start_step=start_state["step"] if start_state else 0, save=save, say=say)

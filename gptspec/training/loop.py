@@ -6,6 +6,12 @@ Each step: take the next --batch-size rows (BatchOrder), keep this rank's share 
 --eval-every steps the held-out loss and perplexity; every --save-every steps and at the end a
 checkpoint (checkpoint.py). Ctrl-C (SIGINT) or SIGTERM lets the current step finish, saves, and stops:
 nothing is lost, and `--resume` continues exactly there. Only rank 0 writes files.
+
+Data parallel: a signal may reach one rank only (a scheduler preempting one worker), or reach the
+ranks on either side of a step's end. So after every step the ranks agree whether any of them was
+asked to stop (`any_rank`, one small all-reduce), stop after the same step, and wait for each other
+once more after rank 0 has saved: msrun tears the whole job down when a worker exits with an error
+status, which must not happen while rank 0 is still writing.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ class LoopOptions:
     rank: int = 0                    # the data-parallel seam: under msrun, this process's rank
     world_size: int = 1
     keep_best: str | None = None     # a metric to maximise (valid_accuracy): DIR/best.json names its step
+    any_rank: Callable[[bool], bool] = bool  # data parallel: is the flag set on any rank (a collective)
 
 
 class Interrupted(Exception):
@@ -139,13 +146,14 @@ def run_loop(backend, train, valid, order: BatchOrder, options: LoopOptions,
             bar.update(step, row)
             improved = options.keep_best and options.keep_best in row and (
                 best is None or row[options.keep_best] > best[options.keep_best])
-            if writer and (last or sigint.requested or improved or
-                           (options.save_every and step % options.save_every == 0)):
+            stop = options.any_rank(sigint.requested)       # every rank calls it after every step
+            if writer and (last or stop or improved or (options.save_every and step % options.save_every == 0)):
                 save(step)
             if writer and improved:
                 best = {"step": step, options.keep_best: row[options.keep_best], "folder": f"checkpoints/step-{step}"}
                 _write_best(folder, best)
-            if sigint.requested and not last:
+            if stop and not last:
+                options.any_rank(False)     # a barrier: no rank exits before rank 0 has saved
                 bar.close()
                 raise Interrupted(step, folder.path)
     bar.close()

@@ -55,6 +55,23 @@ def test_both_backends_start_alike(runs):
     assert [r["lr"] for r in logs["numpy"] if "lr" in r] == [r["lr"] for r in logs["mindspore"] if "lr" in r]
 
 
+def test_both_backends_drop_the_same_elements(runs, task_files, tmp_path):
+    """--dropout 0.1 (the model's and the classify token's masks): the same first loss on both
+    backends, within the bound above, where the loss without dropout lies well outside it."""
+    config = load_classifier(runs / "numpy")[0]
+    bound = forward_bound(config, "float32")
+    first = []
+    for backend in ("numpy", "mindspore"):
+        out = tmp_path / backend
+        assert main([*args_for(task_files, backend, "--dropout", "0.1"), "--steps", "1", "--warmup", "0",
+                     "--out", str(out)]) == 0
+        first.append(next(r["loss"] for r in read_log(out / "log.jsonl") if "loss" in r))
+    assert abs(first[0] - first[1]) <= 2 * bound.allowed(first[0]), (first, bound.reason)
+    without = next(r["loss"] for r in read_log(runs / "numpy" / "log.jsonl") if "loss" in r)
+    # the comparison can fail: a backend that ignored dropout would be this far off
+    assert abs(first[0] - without) > 4 * bound.allowed(first[0]), (first, without)
+
+
 def test_the_mindspore_checkpoint_is_a_classifier(runs, capsys):
     config, params, head, saved = load_classifier(runs / "mindspore")
     assert saved["labels"] == ["code", "prose"] and head["w"].shape == (config.n_embd, 2)

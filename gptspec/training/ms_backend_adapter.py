@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Hyper, StepResult, lm_metrics, n_targets
+from .backends import Hyper, StepResult, dropout_seed, lm_metrics, n_targets
 from .data import IGNORE_INDEX
 
 
@@ -39,6 +39,7 @@ class MindSporeBackend:
         mask = None if masks[0] is None else np.concatenate(masks)
         if step != self.trainer.step_count:
             raise RuntimeError(f"the loop is at step {step} but the Trainer at {self.trainer.step_count}")
+        use_numpy_backends_masks(self.trainer, self.hyper, step)
         result = self.trainer.step(inputs, targets, mask)
         return StepResult(loss=float(result.loss), grad_norm=float(result.grad_norm), lr=float(result.lr),
                           loss_scale=None if result.loss_scale is None else float(result.loss_scale),
@@ -69,3 +70,12 @@ class MindSporeBackend:
 
     def read_files(self, folder: Path) -> None:
         self.trainer.resume(folder)      # refuses another config or missing optimizer/scaler state
+
+
+def use_numpy_backends_masks(trainer, hyper: Hyper, step: int) -> None:
+    """Dropout: the Trainer draws step `step`'s masks from the generator the NumPy backend uses for
+    its first micro-batch (backends.dropout_seed), so with --grad-accum 1 both backends drop the same
+    elements and a resumed run the same as an uninterrupted one.  (With more micro-batches the
+    NumPy backend draws per micro-batch and this one for the joined batch: other masks.)"""
+    if hyper.dropout > 0:
+        trainer.rng = np.random.default_rng(dropout_seed(hyper.seed, step, 0))

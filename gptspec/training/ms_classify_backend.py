@@ -17,6 +17,7 @@ import numpy as np
 
 from .backends import Hyper, StepResult
 from .classify_backend import ClassifierBackend
+from .ms_backend_adapter import use_numpy_backends_masks
 
 TASKS = ("classify", "entail")
 
@@ -50,6 +51,7 @@ class MindSporeClassifierBackend(ClassifierBackend):
         ids, labels, positions, mask = (np.concatenate(parts) for parts in zip(*micro_batches))
         if step != self.trainer.step_count:
             raise RuntimeError(f"the loop is at step {step} but the Trainer at {self.trainer.step_count}")
+        use_numpy_backends_masks(self.trainer, self.hyper, step)
         result = self.trainer.step(ids, labels, mask, clf_positions=positions)
         return StepResult(loss=float(result.loss), grad_norm=float(result.grad_norm), lr=float(result.lr),
                           loss_scale=None if result.loss_scale is None else float(result.loss_scale),

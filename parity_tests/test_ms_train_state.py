@@ -77,6 +77,23 @@ def test_a_batch_of_one_token(model, eager):
         assert c.passed, c.describe()
 
 
+@pytest.mark.parametrize("arch", ["gpt1", "gpt2"])
+def test_a_batch_of_one_token_with_one_head(arch):
+    """B = T = H = 1: the attention weights are [1, 1, 1, 1], whose matmul backward fails in
+    MindSpore 2.10's ops.matmul (layers.attention uses BatchMatMul); graph mode too."""
+    config = CONFIG.replace(arch=arch, n_head=1)
+    params32, params64 = float32_model(config, 6)
+    loss64, grads64 = R.loss_and_grads(config, params64, [[7]], [[3]])
+    _, grads32 = R.loss_and_grads(config, params32, [[7]], [[3]])
+    for mode in ("pynative", "graph"):
+        loss, grads = Trainer(config, params32, mode=mode, loss_scale=None).grads_numpy([[7]], [[3]])
+        assert abs(loss - loss64) <= 1e-5 * loss64
+        for name, g64 in R.flatten_params(grads64).items():
+            derived, _ = ms_backward_bounds(config, 1, R.flatten_params(grads32)[name], g64)
+            c = compare(name, R.flatten_params(grads)[name], g64, derived)
+            assert c.passed, f"{mode}: {c.describe()}"
+
+
 def test_an_all_ignored_batch_is_refused_with_the_spec_message(eager):
     targets = np.full((2, 4), -100)
     with pytest.raises(ValueError) as spec:

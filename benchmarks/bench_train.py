@@ -131,13 +131,15 @@ def _run_mindspore(args, *, amp_level="O0", mode="graph") -> dict:
                       weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_NORM,
                       loss_scale=None if amp_level == "O0" else "dynamic")
     del params
+    built_mb = rss_mb()  # weights in MindSpore (the moments are allocated by the first update)
     start = time.perf_counter()
     first = trainer.step(inputs, targets)
     compile_s = time.perf_counter() - start
     _, times = timed_steps(lambda: trainer.step(inputs, targets).loss, args.steps)  # its warm-up: a compiled step
     skipped = (", first step skipped (overflow)" if first.skipped else "") if amp_level != "O0" else ""
     return dict(loss=first.loss, times=times, baseline_mb=baseline, peak_mb=peak_rss_mb(),
-                threads=f"mindspore {mindspore.__version__} {mode} {amp_level}{skipped}", first_step_s=compile_s)
+                threads=f"mindspore {mindspore.__version__} {mode} {amp_level}{skipped}", first_step_s=compile_s,
+                built_mb=built_mb)
 
 
 def run_mindspore_graph(args) -> dict:
@@ -186,7 +188,9 @@ def print_table(results, args):
               f"{r['peak_mb'] - r['baseline_mb']:.0f} | {r['threads']} |")
     for name, r in results.items():  # MindSpore: the first step (graph compilation), not in the step time
         if "first_step_s" in r:
-            print(f"{name}: first step (compile + run) {r['first_step_s']:.1f} s")
+            print(f"{name}: first step (compile + run) {r['first_step_s']:.1f} s; resident memory "
+                  f"{r['baseline_mb']:.0f} MB after imports, {r['built_mb']:.0f} MB with the Trainer built, "
+                  f"peak {r['peak_mb']:.0f} MB")
 
 
 def main(argv=None):

@@ -1,19 +1,19 @@
 """The spec's optimizer (ref_numpy/optim.py) in MindSpore: AdamW with decay on >= 2-D tensors only,
 gradient clipping by the global norm, the learning rate set each step from ref_numpy.lr_at.
 
-AdamW is `mindspore.experimental.optim.AdamW`, which computes torch.optim.AdamW's formula (decoupled
-decay, bias-corrected moments, eps outside the square root) -- the spec's.  `nn.AdamWeightDecay` is
-another optimizer (no bias correction, eps 1e-6 inside, decays every tensor) and is not used.
+The state (parameter groups, moments, update count, per-group lr) is a
+`mindspore.experimental.optim.AdamW`, whose formula is torch.optim.AdamW's (decoupled decay,
+bias-corrected moments, eps outside the square root) -- the spec's.  The update itself is
+`adamw_update`: the same formula through MindSpore's fused in-place kernel, with the bias
+corrections folded into its lr, eps and decay (see there why).  `nn.AdamWeightDecay`, the
+optimizer around that kernel, is another formula (no bias correction, eps 1e-6) and is not used.
 The two parameter groups are the spec's rule: matrices and embeddings decay, biases and LayerNorm
 gains do not (GPT-2 / nanoGPT practice).
 """
 from __future__ import annotations
 
-import logging
-
 import mindspore as ms
 import numpy as np
-from mindspore import log as ms_log
 from mindspore import ops
 from mindspore.experimental.optim import AdamW
 
@@ -44,8 +44,10 @@ def set_lr(optimizer: AdamW, lr) -> None:
 
 
 def global_norm(grads):
-    """sqrt(sum over every gradient element of its square), float32 scalar Tensor."""
-    return ops.sqrt(sum(ops.square(g).sum() for g in grads))
+    """sqrt(sum over every gradient element of its square), float32 scalar Tensor.  Each tensor's
+    squares are summed along the last axis first, then over the rows: on CPU a whole-tensor ReduceSum
+    runs ~7x slower (0.14 s for the [50257, 768] embedding), and partial sums round no worse."""
+    return ops.sqrt(sum(ops.square(g).sum(axis=-1).sum() for g in grads))
 
 
 def clip_grad_norm(grads, max_norm, total_norm):
@@ -57,25 +59,37 @@ def clip_grad_norm(grads, max_norm, total_norm):
     return tuple(g * coefficient for g in grads)
 
 
-class _DropRecompileWarning(logging.Filter):
-    def filter(self, record):
-        return not record.getMessage().startswith("Constant value tensor are detected in tuple or list")
+_adam_kernel = ops.AdamWeightDecay()
 
 
-def quiet_pynative_update(optimizer: AdamW):
-    """optimizer(grads) for PyNative mode.  There the optimizer's own jit-compiled kernel receives
-    each group's gradients as a fresh tuple, and MindSpore warns that the tuple may recompile it --
-    printing every gradient.  The tuple's shapes never change, so nothing recompiles; the warning
-    is dropped for the duration of the call only."""
-    def update(grads):
-        logger, quiet = ms_log._get_logger(), _DropRecompileWarning()
-        logger.addFilter(quiet)
-        try:
-            return optimizer(grads)
-        finally:
-            logger.removeFilter(quiet)
+def adamw_update(optimizer: AdamW, grads):
+    """Apply one AdamW update to `optimizer`'s parameters (its moments, update count and per-group lr,
+    see set_lr) with one fused in-place kernel per parameter (`ops.AdamWeightDecay`); usable inside
+    mindspore.jit.  Returns the new update count.
 
-    return update
+    Why not `optimizer(grads)`: its update is a dozen elementwise ops per parameter, each a new
+    tensor of the parameter's size, and compiled the runtime keeps many of them alive at once
+    (measured on the 124M model on CPU: 4.6 GB of the step's 14.2 GB peak, and 2.1 s of its 6.7 s
+    of kernel time).  The fused kernel updates p, m, v in place in one pass: no temporaries.
+
+    The kernel computes  m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2,
+    p = p - lr' (m / (sqrt(v) + eps') + wd' p)  (the Adam of OpenAI's GPT-1 code).  torch's AdamW
+    -- the spec's: p (1 - lr wd) - lr/c1 m / (sqrt(v)/sqrt(c2) + eps), c_i = 1 - b_i^t -- is the
+    same with  lr' = lr sqrt(c2) / c1,  eps' = eps sqrt(c2),  wd' = wd c1 / sqrt(c2)  (lr' wd' =
+    lr wd): equal up to the float32 rounding of these three scalars and of the kernel's order."""
+    ops.assign_add(optimizer.state_step, ops.ones_like(optimizer.state_step))
+    t = optimizer.state_step.astype(ms.float32)
+    for i, group in enumerate(optimizer.param_groups):
+        beta1, beta2 = (ms.Tensor(beta, ms.float32) for beta in group["betas"])
+        correction1 = 1 - ops.pow(beta1, t)
+        sqrt_correction2 = ops.sqrt(1 - ops.pow(beta2, t))
+        lr = optimizer.lrs[i] * sqrt_correction2 / correction1
+        eps = group["eps"] * sqrt_correction2
+        decay = group["weight_decay"] * correction1 / sqrt_correction2
+        for j in range(optimizer.group_start_id[i], optimizer.group_start_id[i + 1]):
+            _adam_kernel(optimizer.parameters[j], optimizer.exp_avg[j], optimizer.exp_avg_sq[j], lr, beta1, beta2,
+                         eps, decay, grads[j])
+    return optimizer.state_step
 
 
 def optimizer_state(optimizer: AdamW, names: dict) -> dict:

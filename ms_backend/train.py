@@ -44,7 +44,7 @@ from .amp import to
 from .classifier import HEAD_NAMES, ClassifierHead, at_positions, check_lm_coef, classifier_batch, final_hidden
 from .layers import dropout as apply_dropout
 from .model import GPTModel, as_numpy, attention_mask_4d, flat_dropout_masks
-from .optim import build_adamw, clip_grad_norm, global_norm, optimizer_state, quiet_pynative_update, set_lr
+from .optim import adamw_update, build_adamw, clip_grad_norm, global_norm, optimizer_state, set_lr
 from .scaler import LossScale, all_finite
 
 IGNORE_INDEX = -100
@@ -137,7 +137,6 @@ class Trainer:
         self.step_count = 0  # updates attempted so far (skipped ones included): the lr_at step
         self.reduce_grads = lambda grads: grads  # data parallel: the all-reduce of the gradients
         self._value_and_grad = ms.value_and_grad(self._scaled_loss, None, self.optimizer.parameters, has_aux=True)
-        self._update = self.optimizer if mode == "graph" else quiet_pynative_update(self.optimizer)
         run = ms.jit if mode == "graph" else (lambda f: f)
         self._train_step = run(self._train_step_fn)
         self._grads = run(self._grads_fn)
@@ -180,7 +179,7 @@ class Trainer:
         norm = global_norm(grads)
         if finite:
             set_lr(self.optimizer, lr)
-            self._update(clip_grad_norm(grads, self.hyper["max_grad_norm"], norm))
+            adamw_update(self.optimizer, clip_grad_norm(grads, self.hyper["max_grad_norm"], norm))
         self.scaler.adjust(finite)
         return loss, norm, finite
 

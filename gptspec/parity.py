@@ -28,10 +28,12 @@ import ref_numpy
 from gptspec.compare import Comparison, compare
 from gptspec.emulate import emulated_forward
 from gptspec.parity_report import GenerationCheck, ParityReport, PolicyCheck
-from gptspec.tolerances import Bound, amp_bound, near_tie_gap, noise_bound, trace_depth
+from gptspec.tolerances import (Bound, amp_bound, conditioned, layer_norm_condition, near_tie_gap, noise_bound,
+                                trace_depth)
 from ref_numpy.validation import as_token_ids, check_length
 
-__all__ = ["run_parity", "probe_params", "compare_traces", "precision_bound", "check_greedy", "logits_agreement",
+__all__ = ["run_parity", "probe_params", "compare_traces", "precision_bound", "reference_layer_norm_condition",
+           "check_greedy", "logits_agreement",
            "padded_batch", "default_padding", "ParityReport", "GenerationCheck", "PolicyCheck"]
 
 
@@ -40,10 +42,24 @@ def precision_bound(config, amp_level: str = "O0", dtype: str | None = None, dep
     return amp_bound(config, amp_level, dtype or "float16", depth)
 
 
+def reference_layer_norm_condition(config, params, ids, attention_mask=None) -> float:
+    """The worst LayerNorm condition (gptspec.tolerances.layer_norm_condition) of the float64
+    spec's forward pass on `ids`: its LayerNorm inputs are the ones train_forward keeps for the
+    backward (GPT-2: x before ln_1, x1 before ln_2, the input of ln_f; GPT-1: s1, s2)."""
+    params64 = ref_numpy.cast_params(params, np.float64)
+    _, tape = ref_numpy.train_forward(config, params64, ids, attention_mask=attention_mask)
+    inputs = [block[key] for block in tape["blocks"] for key in ("x", "x1", "s1", "s2") if key in block]
+    if tape.get("ln_f_input") is not None:
+        inputs.append(tape["ln_f_input"])
+    return layer_norm_condition(inputs, config.layer_norm_epsilon)
+
+
 def compare_traces(config, reference: dict, actual: dict, *, amp_level="O0", dtype=None, emulated=None,
-                   padding: int = 0) -> list[Comparison]:
+                   padding: int = 0, layer_norm_condition: float = 1.0) -> list[Comparison]:
     """One Comparison per tensor of the reference trace, in the order the model computes them.
     A tensor missing from `actual` is an error: a backend must trace everything the spec does.
+    layer_norm_condition: reference_layer_norm_condition of the same input (widens the derived
+    bounds past LAYER_NORM_CONDITION_COVERED, see gptspec.tolerances).
 
     emulated: the spec's trace at the backend's precision (gptspec.emulate) for the noise bound.
     padding > 0: the traces hold [the prompt, the prompt left padded by `padding`]; the padded
@@ -54,7 +70,8 @@ def compare_traces(config, reference: dict, actual: dict, *, amp_level="O0", dty
     rows = []
     for padded in ((False, True) if padding else (False,)):
         for name in reference:
-            bound = precision_bound(config, amp_level, dtype, trace_depth(config, name))
+            bound = conditioned(precision_bound(config, amp_level, dtype, trace_depth(config, name)),
+                                layer_norm_condition)
             rows.append(compare_row(name, actual[name], reference[name], None if emulated is None else emulated[name],
                                     bound, padding if padded else None, single=not padding))
     return rows
@@ -202,9 +219,10 @@ def run_parity(config, params, ids, *, amp_level="O0", dtype=None, mode="pynativ
         notes.append(f"no measured noise at {dtype}: NumPy has no {dtype} to emulate it (derived bounds only)")
     with record_dtypes() as log:
         model.forward_numpy(batch, attention_mask=mask, trace=actual)
+    condition = reference_layer_norm_condition(config, params64, batch, mask)
     rows = compare_traces(config, reference, actual, amp_level=amp_level, dtype=dtype, emulated=emulated,
-                          padding=padding)
-    logits_bound = precision_bound(config, amp_level, dtype)
+                          padding=padding, layer_norm_condition=condition)
+    logits_bound = conditioned(precision_bound(config, amp_level, dtype), condition)
     emulated_logits = None if emulated is None else emulated["logits"]
 
     def logits_rows(name, logits, reference_logits, emulated_logits, first_position=0):

@@ -16,7 +16,8 @@ from mindspore import Tensor  # noqa: E402
 import ms_backend as M  # noqa: E402
 import ref_numpy as R  # noqa: E402
 from gptspec.compare import assert_close  # noqa: E402
-from gptspec.tolerances import forward_bound, reorder_bound  # noqa: E402
+from gptspec.parity import reference_layer_norm_condition  # noqa: E402
+from gptspec.tolerances import conditioned, forward_bound, reorder_bound  # noqa: E402
 
 from .strategies import configs, left_padding_mask, model_for, token_batches  # noqa: E402
 
@@ -105,7 +106,7 @@ def test_fp32_model_matches_the_float64_spec(data, config, seed):
     want_trace, got_trace = {}, {}
     want, want_present = R.forward(config, params, ids, attention_mask=mask, trace=want_trace)
     got, present = M.GPTModel(config, params).forward_numpy(ids, attention_mask=mask, trace=got_trace)
-    bound = forward_bound(config, "float32")
+    bound = conditioned(forward_bound(config, "float32"), reference_layer_norm_condition(config, params, ids, mask))
     assert_close("logits", got, want, bound)
     assert sorted(got_trace) == sorted(want_trace)
     for name in want_trace:
@@ -113,6 +114,25 @@ def test_fp32_model_matches_the_float64_spec(data, config, seed):
     for i, ((k, v), (k_want, v_want)) in enumerate(zip(present, want_present)):
         assert_close(f"present[{i}] k", k, k_want, bound)
         assert_close(f"present[{i}] v", v, v_want, bound)
+
+
+def test_an_ill_conditioned_layer_norm_widens_the_bound_by_its_condition():
+    """The dev profile's falsifying example: a 2-wide model whose residual stream before ln_2 is
+    [0.0747, 0.0689] -- LayerNorm cancels most of its digits (condition 16.8), and the float32
+    MLP output landed 3.2x beyond forward_bound with nothing wrong (observed here; the size of
+    the amplified rounding depends on the machine, so it is not asserted).  The conditioned bound admits
+    it; a centred input (condition ~1) leaves the bound as it was."""
+    config = R.GPTConfig(arch="gpt2", n_vocab=2, n_ctx=3, n_embd=2, n_head=1, n_layer=1)
+    params, ids = model_for(config, 2), np.array([[1]])
+    want_trace, got_trace = {}, {}
+    R.forward(config, params, ids, trace=want_trace)
+    M.GPTModel(config, params).forward_numpy(ids, trace=got_trace)
+    condition = reference_layer_norm_condition(config, params, ids)
+    assert 15 < condition < 20
+    plain = forward_bound(config, "float32")
+    for name in want_trace:
+        assert_close(name, got_trace[name], want_trace[name], conditioned(plain, condition))
+    assert conditioned(plain, 1.0) == plain
 
 
 def test_kv_cache_of_the_spec_format_continues_a_forward():

@@ -1,7 +1,7 @@
 """Benchmark: one training step (forward, backward, clip, AdamW) of the NumPy spec against
 Hugging Face GPT-2 on PyTorch, same weights, same run.
 
-    python benchmarks/bench_train.py [--model gpt2] [--batch 4] [--tokens 128] [--steps 3]
+    python benchmarks/bench_train.py [--model gpt2] [--batch 4] [--tokens 128] [--steps 3] [--threads N]
 
 Each backend runs in its own subprocess, so its peak resident memory (ru_maxrss) is its own;
 "step memory" is that peak minus the process's resident memory once its libraries are imported,
@@ -10,6 +10,11 @@ weight decay 0.1 on matrices and embeddings only, clip at 1.0.  Both sides start
 weights (ref_numpy.init_params) and the same batch, and their first losses are printed side by
 side (they must agree to float32 rounding).  Ratios are against PyTorch (> 1: faster).  Needs the
 oracle extra (torch, transformers) for the PyTorch row.
+
+--threads N caps every backend's compute threads (OpenBLAS/OpenMP through the environment of its
+subprocess, torch.set_num_threads, MindSpore's CPU kernel pool); default: each library's own choice.
+On a machine shared with other jobs, torch's default threads slow down several-fold (they wait on
+each other at every parallel op), so `--threads 1` is the steadier comparison there.
 
 Other backends: add a function `run_NAME(args) -> dict` below and list it in BACKENDS.
 """
@@ -76,7 +81,8 @@ def run_numpy(args) -> dict:
         return loss
 
     loss, times = timed_steps(step, args.steps)
-    return dict(loss=loss, times=times, baseline_mb=baseline, peak_mb=peak_rss_mb(), threads="OpenBLAS")
+    return dict(loss=loss, times=times, baseline_mb=baseline, peak_mb=peak_rss_mb(),
+                threads=f"OpenBLAS {os.environ.get('OPENBLAS_NUM_THREADS', 'default')} threads")
 
 
 def run_pytorch(args) -> dict:
@@ -85,6 +91,8 @@ def run_pytorch(args) -> dict:
 
     from weights.hf_names import hf_name
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     baseline = rss_mb()
     config, params, inputs, targets = same_inputs(args)
     hf_config = transformers.GPT2Config(vocab_size=config.n_vocab, n_positions=config.n_ctx, n_embd=config.n_embd,
@@ -125,6 +133,8 @@ def _run_mindspore(args, *, amp_level="O0", mode="graph") -> dict:
 
     from ms_backend import Trainer
 
+    if args.threads:
+        mindspore.device_context.cpu.op_tuning.threads_num(args.threads)
     baseline = rss_mb()
     config, params, inputs, targets = same_inputs(args)
     trainer = Trainer(config, params, amp_level=amp_level, mode=mode, lr=LR, betas=BETAS, eps=EPS,
@@ -164,7 +174,11 @@ REFERENCE = "pytorch (HF)"
 def run_in_subprocess(name, args) -> dict:
     command = [sys.executable, __file__, "--backend", name, "--model", args.model, "--batch", str(args.batch),
                "--tokens", str(args.tokens), "--steps", str(args.steps)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ)
+    if args.threads:  # read by OpenBLAS / OpenMP when the subprocess loads them
+        command += ["--threads", str(args.threads)]
+        env.update({name: str(args.threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return dict(error=(done.stderr.strip().splitlines() or ["failed"])[-1])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -174,8 +188,10 @@ def print_table(results, args):
     tokens = args.batch * args.tokens
     reference = results.get(REFERENCE, {})
     ref_speed = tokens / min(reference["times"]) if "times" in reference else None
+    threads = f"{args.threads} thread(s) per backend" if args.threads else "default threads"
     print(f"one training step of {args.model}, batch {args.batch} x {args.tokens} tokens, float32 "
-          f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores); best of {args.steps} steps")
+          f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads}); "
+          f"best of {args.steps} steps")
     print(f"| backend | first loss | step (s) | tokens/s | vs {REFERENCE} | peak RSS (MB) | step memory (MB) | threads |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
@@ -199,8 +215,12 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="compute threads per backend (default: each library's own)")
     parser.add_argument("--backend", choices=sorted(BACKENDS), help="run one backend here and print JSON")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be a positive integer, got {args.threads}")
     if args.backend:
         print(json.dumps(BACKENDS[args.backend](args)))
         return

@@ -15,15 +15,10 @@ from gptspec.cli import main
 
 def signal_one_rank(rank: int, at_step: int) -> None:
     from gptspec.training.ms_backend_adapter import MindSporeBackend
+    from interrupts import signal_during_step  # beside this script (msrun runs it as a script)
 
-    original = MindSporeBackend.train_step
-
-    def train_step(self, step, micro_batches):
-        if step == at_step and self.trainer.topology.rank == rank:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, step, micro_batches)
-
-    MindSporeBackend.train_step = train_step
+    signal_during_step(MindSporeBackend, at_step, signum=signal.SIGTERM,
+                       only_if=lambda backend: backend.trainer.topology.rank == rank)
 
 
 if __name__ == "__main__":

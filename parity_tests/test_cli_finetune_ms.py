@@ -8,9 +8,6 @@ compared across backends: test_cli_train_ms.py says why two correct float32 traj
 """
 from __future__ import annotations
 
-import os
-import signal
-
 import numpy as np
 import pytest
 
@@ -23,6 +20,7 @@ from gptspec.tolerances import forward_bound  # noqa: E402
 from gptspec.training.classify_backend import load_classifier  # noqa: E402
 from gptspec.training.loop import read_log  # noqa: E402
 
+from .interrupts import interrupt_during_step, logs_without_timings  # noqa: E402
 from .test_cli_train_finetune import TINY, fails, task_files  # noqa: E402,F401  (task_files: a fixture)
 
 pytestmark = pytest.mark.mindspore
@@ -86,14 +84,7 @@ def test_ctrl_c_and_resume_are_bit_exact_on_mindspore(runs, task_files, tmp_path
     model, head and log bit for bit."""
     from gptspec.training.ms_classify_backend import MindSporeClassifierBackend
 
-    original = MindSporeClassifierBackend.train_step
-
-    def train_step(self, step, micro_batches):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, step, micro_batches)
-
-    monkeypatch.setattr(MindSporeClassifierBackend, "train_step", train_step)
+    interrupt_during_step(monkeypatch, MindSporeClassifierBackend, 2)
     assert main([*args_for(task_files, "mindspore"), "--out", str(tmp_path / "parts")]) == 130
     assert "saved step 3" in capsys.readouterr().err
     monkeypatch.undo()
@@ -103,8 +94,7 @@ def test_ctrl_c_and_resume_are_bit_exact_on_mindspore(runs, task_files, tmp_path
     assert all(np.array_equal(whole_head[k], parts_head[k]) for k in whole_head)
     whole, parts = ref_numpy.flatten_params(whole_params), ref_numpy.flatten_params(parts_params)
     assert all(np.array_equal(whole[k], parts[k]) for k in whole)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731
-    assert strip(read_log(tmp_path / "parts" / "log.jsonl")) == strip(read_log(runs / "mindspore" / "log.jsonl"))
+    assert logs_without_timings(tmp_path / "parts") == logs_without_timings(runs / "mindspore")
 
 
 def test_fp16_mixed_precision_with_dropout_trains(task_files, tmp_path):

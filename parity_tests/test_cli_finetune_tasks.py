@@ -22,6 +22,7 @@ import pytest
 from gptspec.cli import main
 from gptspec.training.loop import read_log
 
+from .interrupts import interrupt_during_step, logs_without_timings
 from .test_cli_train_finetune import TINY, fails, prose_and_code
 
 COUNTS = ["no code", "one code", "both code"]
@@ -206,8 +207,6 @@ def test_a_pair_is_cut_alike_in_either_order():
 def test_choice_resume_is_bit_exact(choice_files, tmp_path, monkeypatch):
     """Ctrl-C during step 2 (of 6) of a choice run, then --resume: the one-output head, the model and the log
     equal an uninterrupted run's (the head and its optimizer state go through the checkpoint)."""
-    import os
-    import signal
 
     import numpy as np
 
@@ -218,14 +217,7 @@ def test_choice_resume_is_bit_exact(choice_files, tmp_path, monkeypatch):
             str(choice_files / "valid.csv"), "--context-column", "question", *TINY, "--steps", "6",
             "--eval-every", "2"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-    original = NumpyClassifierBackend.train_step
-
-    def train_step(self, step, micro_batches):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, step, micro_batches)
-
-    monkeypatch.setattr(NumpyClassifierBackend, "train_step", train_step)
+    interrupt_during_step(monkeypatch, NumpyClassifierBackend, 1)
     assert main([*args, "--out", str(tmp_path / "parts")]) == 130
     monkeypatch.undo()
     assert main(["finetune", "--resume", str(tmp_path / "parts"), "--no-progress"]) == 0
@@ -235,5 +227,4 @@ def test_choice_resume_is_bit_exact(choice_files, tmp_path, monkeypatch):
     assert all(np.array_equal(whole_head[name], parts_head[name]) for name in whole_head)
     flat_whole, flat_parts = ref_numpy.flatten_params(whole_params), ref_numpy.flatten_params(parts_params)
     assert all(np.array_equal(flat_whole[k], flat_parts[k]) for k in flat_whole)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731
-    assert strip(read_log(tmp_path / "parts" / "log.jsonl")) == strip(read_log(tmp_path / "whole" / "log.jsonl"))
+    assert logs_without_timings(tmp_path / "parts") == logs_without_timings(tmp_path / "whole")

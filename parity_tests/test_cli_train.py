@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import math
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from gptspec.training.backends import NumpyBackend
 from gptspec.training.loop import read_log
 
 from . import bpe_trainer
+from .interrupts import interrupt_during_step, logs_without_timings
 
 TINY = ["--config", "gpt2", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-ctx", "32",
         "--train-tokenizer", "300", "--pack", "--seq-len", "16", "--batch-size", "4", "--lr", "3e-3",
@@ -100,14 +99,7 @@ def test_the_checkpoint_loads_in_weights_load_and_generates(finished_run, capsys
 
 def interrupt_at(monkeypatch, step_to_interrupt):
     """Send this process a real SIGINT (Ctrl-C) while step `step_to_interrupt` runs."""
-    original = NumpyBackend.train_step
-
-    def train_step(self, step, micro_batches):
-        if step + 1 == step_to_interrupt:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, step, micro_batches)
-
-    monkeypatch.setattr(NumpyBackend, "train_step", train_step)
+    interrupt_during_step(monkeypatch, NumpyBackend, step_to_interrupt - 1)
 
 
 def test_ctrl_c_saves_and_resume_is_bit_exact(tmp_path, text_files, monkeypatch, capsys):
@@ -120,8 +112,7 @@ def test_ctrl_c_saves_and_resume_is_bit_exact(tmp_path, text_files, monkeypatch,
     monkeypatch.undo()
     assert main(["train", "--resume", str(tmp_path / "parts"), "--no-progress"]) == 0
     assert_same_params(tmp_path / "whole", tmp_path / "parts")
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
-    assert strip(read_log(tmp_path / "parts" / "log.jsonl")) == strip(read_log(tmp_path / "whole" / "log.jsonl"))
+    assert logs_without_timings(tmp_path / "parts") == logs_without_timings(tmp_path / "whole")
 
 
 def test_a_crash_mid_save_falls_back_to_the_last_complete_checkpoint(tmp_path, text_files, monkeypatch, capsys):

@@ -12,6 +12,8 @@ import pytest
 from gptspec.cli import main
 from gptspec.training.loop import read_log
 
+from .interrupts import interrupt_during_step, logs_without_timings
+
 # The spec's backend: these tests state what fine-tuning computes (test_cli_finetune_ms.py runs MindSpore).
 TINY = ["--config", "gpt2", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-ctx", "64",
         "--train-tokenizer", "300", "--seq-len", "48", "--batch-size", "16", "--lr", "3e-3", "--warmup", "5",
@@ -140,8 +142,6 @@ def test_entail_pairs_reach_the_stated_accuracy(task_files, tmp_path, capsys):
 def test_finetune_resume_is_bit_exact(task_files, tmp_path, monkeypatch, capsys):
     """Ctrl-C during step 3, then --resume: the model, the head and the log equal an uninterrupted
     run's, dropout masks included."""
-    import os
-    import signal
 
     import numpy as np
 
@@ -156,14 +156,7 @@ def test_finetune_resume_is_bit_exact(task_files, tmp_path, monkeypatch, capsys)
     losses = [[r["loss"] for r in read_log(tmp_path / run / "log.jsonl") if "loss" in r]
               for run in ("whole", "no-dropout")]
     assert losses[0][0] != losses[1][0]   # --dropout reaches the loss
-    original = NumpyClassifierBackend.train_step
-
-    def train_step(self, step, micro_batches):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, step, micro_batches)
-
-    monkeypatch.setattr(NumpyClassifierBackend, "train_step", train_step)
+    interrupt_during_step(monkeypatch, NumpyClassifierBackend, 2)
     assert main([*args, "--out", str(tmp_path / "parts")]) == 130
     monkeypatch.undo()
     assert main(["finetune", "--resume", str(tmp_path / "parts"), "--no-progress"]) == 0
@@ -173,5 +166,4 @@ def test_finetune_resume_is_bit_exact(task_files, tmp_path, monkeypatch, capsys)
         assert np.array_equal(whole_head[name], parts_head[name])
     flat_whole, flat_parts = ref_numpy.flatten_params(whole_params), ref_numpy.flatten_params(parts_params)
     assert all(np.array_equal(flat_whole[k], flat_parts[k]) for k in flat_whole)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
-    assert strip(read_log(tmp_path / "parts" / "log.jsonl")) == strip(read_log(tmp_path / "whole" / "log.jsonl"))
+    assert logs_without_timings(tmp_path / "parts") == logs_without_timings(tmp_path / "whole")

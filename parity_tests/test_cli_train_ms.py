@@ -28,6 +28,7 @@ from gptspec.training.data import IGNORE_INDEX, BatchOrder  # noqa: E402
 from gptspec.training.loop import read_log  # noqa: E402
 
 from . import bpe_trainer  # noqa: E402
+from .interrupts import interrupt_during_step  # noqa: E402
 
 pytestmark = pytest.mark.mindspore
 
@@ -105,19 +106,9 @@ def test_the_mindspore_run_resumes_and_loads(runs):
 def test_ctrl_c_and_resume_are_bit_exact_on_mindspore(runs, tmp_path, monkeypatch, capsys):
     """A real SIGINT during step 2 (MindSpore's runtime turns it into SIGTERM): the run saves step 2
     and stops; --resume reaches the uninterrupted run's parameters bit for bit."""
-    import os
-    import signal
-
     from gptspec.training.ms_backend_adapter import MindSporeBackend
 
-    original = MindSporeBackend.train_step
-
-    def train_step(self, step, micro_batches):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, step, micro_batches)
-
-    monkeypatch.setattr(MindSporeBackend, "train_step", train_step)
+    interrupt_during_step(monkeypatch, MindSporeBackend, 1)
     data = runs / "doc.txt"
     out = tmp_path / "parts"
     assert main(["train", "--data", str(data), *ARGS, "--backend", "mindspore", "--out", str(out)]) == 130

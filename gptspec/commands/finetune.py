@@ -184,8 +184,9 @@ def run(args) -> int:
 
 def check_backend_options(opts: dict) -> None:
     """Refuse a backend that cannot run the task or the precision, before anything is read or written."""
-    if opts["backend"] == "numpy" and opts["amp"] != "O0":
-        raise ValueError(f"--amp {opts['amp']} needs --backend mindspore (the NumPy spec trains in float32)")
+    from gptspec.training.setup import check_amp_backend
+
+    check_amp_backend(opts)
     if opts["backend"] == "mindspore" and opts["task"] not in MINDSPORE_TASKS:
         raise ValueError(f"--backend mindspore fine-tunes --task {' or '.join(MINDSPORE_TASKS)}; --task "
                          f"{opts['task']} runs on --backend numpy")

@@ -17,18 +17,8 @@ class MindSporeBackend:
     name = "mindspore"
 
     def __init__(self, config, params: dict, hyper: Hyper, *, amp_level: str = "O0", mode: str = "graph"):
-        try:
-            from ms_backend import Trainer
-        except ImportError as error:
-            raise ImportError(f"--backend mindspore needs ms_backend.Trainer ({error}); or use --backend numpy") from None
         self.config, self.hyper = config, hyper
-        # float32 (O0) cannot overflow where float16 does: loss scaling only with mixed precision.
-        scaling = None if amp_level == "O0" else "dynamic"
-        self.trainer = Trainer(
-            config, params, amp_level=amp_level, dtype=None if amp_level == "O0" else "float16", mode=mode,
-            lr=hyper.lr, warmup_steps=hyper.warmup_steps, total_steps=hyper.total_steps, min_lr=hyper.min_lr,
-            schedule=hyper.schedule, betas=hyper.betas, eps=hyper.eps, weight_decay=hyper.weight_decay,
-            max_grad_norm=hyper.max_grad_norm, loss_scale=scaling, dropout=hyper.dropout, seed=hyper.seed)
+        self.trainer = make_trainer(config, params, hyper, amp_level=amp_level, mode=mode)
 
     def train_step(self, step: int, micro_batches) -> StepResult:
         # The Trainer takes one batch per update: the micro-batches are joined back into it
@@ -37,13 +27,7 @@ class MindSporeBackend:
         targets = np.concatenate([b[1] for b in micro_batches])
         masks = [b[2] for b in micro_batches]
         mask = None if masks[0] is None else np.concatenate(masks)
-        if step != self.trainer.step_count:
-            raise RuntimeError(f"the loop is at step {step} but the Trainer at {self.trainer.step_count}")
-        use_numpy_backends_masks(self.trainer, self.hyper, step)
-        result = self.trainer.step(inputs, targets, mask)
-        return StepResult(loss=float(result.loss), grad_norm=float(result.grad_norm), lr=float(result.lr),
-                          loss_scale=None if result.loss_scale is None else float(result.loss_scale),
-                          skipped=bool(result.skipped))
+        return trainer_step(self.trainer, self.hyper, step, inputs, targets, mask)
 
     def evaluate(self, windows, batch_rows: int) -> dict:
         return lm_metrics(self.eval_loss, windows, batch_rows)
@@ -72,10 +56,33 @@ class MindSporeBackend:
         self.trainer.resume(folder)      # refuses another config or missing optimizer/scaler state
 
 
-def use_numpy_backends_masks(trainer, hyper: Hyper, step: int) -> None:
-    """Dropout: the Trainer draws step `step`'s masks from the generator the NumPy backend uses for
-    its first micro-batch (backends.dropout_seed), so with --grad-accum 1 both backends drop the same
+def make_trainer(config, params: dict, hyper: Hyper, *, amp_level: str, mode: str, **head):
+    """An ms_backend.Trainer with the run's hyper-parameters; `head` (head=, lm_coef=) for fine-tuning."""
+    try:
+        from ms_backend import Trainer
+    except ImportError as error:
+        raise ImportError(f"--backend mindspore needs ms_backend.Trainer ({error}); or use --backend numpy") from None
+    # float32 (O0) cannot overflow where float16 does: loss scaling only with mixed precision.
+    return Trainer(
+        config, params, amp_level=amp_level, dtype=None if amp_level == "O0" else "float16", mode=mode,
+        lr=hyper.lr, warmup_steps=hyper.warmup_steps, total_steps=hyper.total_steps, min_lr=hyper.min_lr,
+        schedule=hyper.schedule, betas=hyper.betas, eps=hyper.eps, weight_decay=hyper.weight_decay,
+        max_grad_norm=hyper.max_grad_norm, loss_scale=None if amp_level == "O0" else "dynamic",
+        dropout=hyper.dropout, seed=hyper.seed, **head)
+
+
+def trainer_step(trainer, hyper: Hyper, step: int, *batch, **named) -> StepResult:
+    """Update `step` of the loop as trainer.step(*batch, **named), as the loop's StepResult.
+
+    Dropout: the Trainer draws the step's masks from the generator the NumPy backend uses for its
+    first micro-batch (backends.dropout_seed), so with --grad-accum 1 both backends drop the same
     elements and a resumed run the same as an uninterrupted one.  (With more micro-batches the
     NumPy backend draws per micro-batch and this one for the joined batch: other masks.)"""
+    if step != trainer.step_count:
+        raise RuntimeError(f"the loop is at step {step} but the Trainer at {trainer.step_count}")
     if hyper.dropout > 0:
         trainer.rng = np.random.default_rng(dropout_seed(hyper.seed, step, 0))
+    result = trainer.step(*batch, **named)
+    return StepResult(loss=float(result.loss), grad_norm=float(result.grad_norm), lr=float(result.lr),
+                      loss_scale=None if result.loss_scale is None else float(result.loss_scale),
+                      skipped=bool(result.skipped))

@@ -17,7 +17,7 @@ import numpy as np
 
 from .backends import Hyper, StepResult
 from .classify_backend import ClassifierBackend
-from .ms_backend_adapter import use_numpy_backends_masks
+from .ms_backend_adapter import make_trainer, trainer_step
 
 TASKS = ("classify", "entail")
 
@@ -30,18 +30,8 @@ class MindSporeClassifierBackend(ClassifierBackend):
         if task not in TASKS:
             raise ValueError(f"--backend mindspore fine-tunes --task {' or '.join(TASKS)}; --task {task} (its "
                              f"two-sequence head) runs on --backend numpy")
-        try:
-            from ms_backend import Trainer
-        except ImportError as error:
-            raise ImportError(f"--backend mindspore needs ms_backend.Trainer ({error}); or use --backend numpy") from None
         super().__init__(config, hyper, lm_coef=lm_coef, labels=labels, special=special, task=task)
-        # float32 (O0) cannot overflow where float16 does: loss scaling only with mixed precision.
-        self.trainer = Trainer(
-            config, params, amp_level=amp_level, dtype=None if amp_level == "O0" else "float16", mode=mode,
-            lr=hyper.lr, warmup_steps=hyper.warmup_steps, total_steps=hyper.total_steps, min_lr=hyper.min_lr,
-            schedule=hyper.schedule, betas=hyper.betas, eps=hyper.eps, weight_decay=hyper.weight_decay,
-            max_grad_norm=hyper.max_grad_norm, loss_scale=None if amp_level == "O0" else "dynamic",
-            dropout=hyper.dropout, seed=hyper.seed, head=head, lm_coef=lm_coef)
+        self.trainer = make_trainer(config, params, hyper, amp_level=amp_level, mode=mode, head=head, lm_coef=lm_coef)
 
     def train_step(self, step: int, micro_batches) -> StepResult:
         # The Trainer takes one batch per update: the micro-batches are joined back into it.  The
@@ -49,13 +39,7 @@ class MindSporeClassifierBackend(ClassifierBackend):
         # term is the mean over every LM target of the batch, where the NumPy backend averages each
         # micro-batch's token mean by its rows (the two agree with --grad-accum 1).
         ids, labels, positions, mask = (np.concatenate(parts) for parts in zip(*micro_batches))
-        if step != self.trainer.step_count:
-            raise RuntimeError(f"the loop is at step {step} but the Trainer at {self.trainer.step_count}")
-        use_numpy_backends_masks(self.trainer, self.hyper, step)
-        result = self.trainer.step(ids, labels, mask, clf_positions=positions)
-        return StepResult(loss=float(result.loss), grad_norm=float(result.grad_norm), lr=float(result.lr),
-                          loss_scale=None if result.loss_scale is None else float(result.loss_scale),
-                          skipped=bool(result.skipped))
+        return trainer_step(self.trainer, self.hyper, step, ids, labels, mask, clf_positions=positions)
 
     def logits(self, ids, positions, attention_mask):
         """[n, n_classes]: the Trainer's model (its AMP level, current float32 master weights)."""

@@ -155,12 +155,17 @@ def default_backend() -> str:
     return "mindspore" if hasattr(ms_backend, "Trainer") else "numpy"
 
 
+def check_amp_backend(opts: dict) -> None:
+    """--amp O1..O3 runs on MindSpore only: the NumPy spec trains in float32."""
+    if opts["backend"] == "numpy" and opts["amp"] != "O0":
+        raise ValueError(f"--amp {opts['amp']} needs --backend mindspore (the NumPy spec trains in float32)")
+
+
 def make_backend(opts: dict, config, params, hyper):
     from .backends import NumpyBackend
 
+    check_amp_backend(opts)
     if opts["backend"] == "numpy":
-        if opts["amp"] != "O0":
-            raise ValueError(f"--amp {opts['amp']} needs --backend mindspore (the NumPy spec trains in float32)")
         return NumpyBackend(config, params, hyper)
     from .ms_backend_adapter import MindSporeBackend
 

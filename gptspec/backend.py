@@ -21,8 +21,9 @@ Required -- everything else is optional:
 
     forward(ids, attention_mask=None) -> logits
         ids             int64 [B, T]
-        attention_mask  int64 0/1 [B, S] or None; 1 = a real token, left padding only
-                        (position ids are then cumsum(mask) - 1, 0 on padding, as the spec)
+        attention_mask  int64 0/1 [B, S] or None; 1 = a real token.  Left padding (prompts,
+                        generation) or right padding (training batches); position ids are
+                        cumsum(mask) - 1, 0 on padding, as in the spec
         logits          numpy float array [B, T, n_vocab] (float16/32/64; bfloat16 as float32)
 
 Optional parts, each detected from the backend and reported "not provided" when missing (a
@@ -47,7 +48,9 @@ check that needs one says so; it is never skipped silently):
                "loss_scale", "next_loss_scale"}: one update -- gradients, clipping to
                max_grad_norm (grad_norm: the global norm before clipping), torch's AdamW with
                decay on >= 2-D tensors only -- and the params dict after it.  Steps accumulate:
-               the backend keeps its weights and optimizer state between calls.
+               the backend keeps its weights and optimizer state between calls.  gptspec asks
+               for gradients (loss_and_grads, classifier_loss_and_grads) before any train_step,
+               at the weights the backend was built with.
     overflow   train_step(..., overflow=True): this step's loss scale is raised until its
                low-precision gradients overflow; a backend with dynamic loss scaling must skip
                the update (parameters bit-identical) and halve the scale.
@@ -72,6 +75,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 import ref_numpy
+from ref_numpy.validation import as_token_ids
 
 __all__ = ["Backend", "BackendFactory", "BackendProtocolError", "BackendUnderTest", "BUILTIN_BACKENDS",
            "OPTIONAL_PARTS", "TRACE_SHAPES", "load_factory", "make_backend", "parse_options", "trace_shapes"]
@@ -271,7 +275,7 @@ class BackendUnderTest:
 
     def forward(self, ids, attention_mask=None, *, trace: dict | None = None) -> np.ndarray:
         """Logits [B, T, V] of ids [B, T]; `trace` (needs the trace part) receives the spec's names."""
-        ids = ref_numpy.as_token_ids(ids, self.config)
+        ids = as_token_ids(ids, self.config)
         kwargs = {}
         if trace is not None:
             self.require("trace", "a layer-by-layer trace")
@@ -286,7 +290,7 @@ class BackendUnderTest:
     def forward_cached(self, ids, attention_mask=None, past=None):
         """(logits [B, T, V], present): continue from `past` (None: a new cache)."""
         self.require("cache", "a KV-cache check")
-        ids = ref_numpy.as_token_ids(ids, self.config)
+        ids = as_token_ids(ids, self.config)
         out = self.backend.forward(ids, attention_mask, past=past)
         if not (isinstance(out, tuple) and len(out) == 2):
             raise BackendProtocolError(f"forward(..., past=...) must return (logits, present), got "

@@ -8,8 +8,10 @@ Two references per traced tensor:
   * the spec computed at the backend's precision (float32, or the AMP level's float16 casts,
     `gptspec.emulate`) against the float64 spec: the rounding noise of *this* model and input;
     the backend's error may be NOISE_MULTIPLE times it (err/noise).
-Under AMP the dtype each operation actually ran in (recorded by ms_backend's Cells) is checked
-against amp.py's table: a policy violation is invisible to error bounds.
+Under AMP the dtype each operation actually ran in (the backend's dtype_log(); ms_backend's Cells
+record it) is checked against amp.py's table: a policy violation is invisible to error bounds.
+The backend is anything that follows gptspec/backend.py's protocol (default: ms_backend); what
+it does not provide (trace, KV cache, dtype log) is left out of the report with a note saying so.
 
 The input is a batch of two rows: the prompt, and the prompt with its first positions left
 padded (attention_mask 0), so masking is exercised at every level and mode.  Rows of the padded
@@ -25,11 +27,12 @@ import dataclasses
 import numpy as np
 
 import ref_numpy
+from gptspec.backend import OPTIONAL_PARTS, BackendUnderTest
 from gptspec.compare import Comparison, compare
 from gptspec.emulate import emulated_forward
 from gptspec.parity_report import GenerationCheck, ParityReport, PolicyCheck
-from gptspec.tolerances import (Bound, amp_bound, conditioned, layer_norm_condition, near_tie_gap, noise_bound,
-                                trace_depth)
+from gptspec.tolerances import (Bound, amp_bound, conditioned, forward_bound, layer_norm_condition, near_tie_gap,
+                                noise_bound, trace_depth)
 from ref_numpy.validation import as_token_ids, check_length
 
 __all__ = ["run_parity", "probe_params", "compare_traces", "precision_bound", "reference_layer_norm_condition",
@@ -38,7 +41,10 @@ __all__ = ["run_parity", "probe_params", "compare_traces", "precision_bound", "r
 
 
 def precision_bound(config, amp_level: str = "O0", dtype: str | None = None, depth: int | None = None) -> Bound:
-    """The bound for a backend running at `amp_level` with low dtype `dtype` (O0: float32)."""
+    """The bound for a backend running at `amp_level` with low dtype `dtype` (default float16);
+    at O0 `dtype` is the dtype it computes in (float32, the default, or float64)."""
+    if amp_level == "O0":
+        return forward_bound(config, dtype if dtype in ("float32", "float64") else "float32", depth)
     return amp_bound(config, amp_level, dtype or "float16", depth)
 
 
@@ -183,18 +189,25 @@ def policy_checks(config, amp_level: str, dtype, log) -> list[PolicyCheck]:
     return checks
 
 
-def run_parity(config, params, ids, *, amp_level="O0", dtype=None, mode="pynative", max_new_tokens=8,
+def run_parity(config, params, ids, *, backend=None, amp_level="O0", dtype=None, mode="pynative", max_new_tokens=8,
                model=None, padding=None) -> ParityReport:
-    """Run the float64 spec and an `ms_backend.GPTModel` on the same prompt `ids` [T] (or [1, T])
-    and compare (see the module docstring).
+    """Run the float64 spec and a backend on the same prompt `ids` [T] (or [1, T]) and compare
+    (see the module docstring).
 
+    backend: a gptspec.backend.BackendUnderTest, or any object following the protocol
+    (gptspec/backend.py); default the MindSpore backend at amp_level / dtype / mode, built from
+    `params` or around `model` (a prebuilt ms_backend.GPTModel, whose own settings then apply).
+    What the backend does not provide (trace, cache, dtype log) is left out with a note saying so.
     padding: left padding positions of the second, padded row (default `default_padding`: T // 4,
-    at least 1); 0 runs the prompt alone.  `model` may be a prebuilt GPTModel (its own amp_level,
-    dtype and mode then apply); otherwise one is built from `params`.  max_new_tokens greedy
-    tokens are generated from the prompt by both (0 skips)."""
-    import ms_backend  # the optional mindspore extra; imported here so the spec never needs it
-    from ms_backend.amp import record_dtypes
+    at least 1); 0 runs the prompt alone.  max_new_tokens greedy tokens are generated from the
+    prompt by both (0 skips)."""
+    if backend is None:
+        from gptspec.backends.mindspore import factory  # the optional mindspore extra
 
+        backend = BackendUnderTest(factory(config, params, amp_level=amp_level, dtype=dtype, mode=mode, model=model),
+                                   config, "mindspore")
+    elif not isinstance(backend, BackendUnderTest):
+        backend = BackendUnderTest(backend, config)
     ids = as_token_ids(ids, config)
     if ids.shape[0] != 1:
         raise ValueError(f"parity runs one prompt at a time (it adds the padded row itself), got a batch of "
@@ -203,25 +216,32 @@ def run_parity(config, params, ids, *, amp_level="O0", dtype=None, mode="pynativ
     check_length(T, max_new_tokens, config)
     padding = default_padding(T) if padding is None else check_padding(padding, T)
     params64 = ref_numpy.cast_params(params, np.float64)
-    if model is None:
-        model = ms_backend.GPTModel(config, params, amp_level=amp_level, dtype=dtype, mode=mode)
-    amp_level, dtype, mode = model.amp_level, model.low_dtype, model.mode
+    amp_level, dtype = backend.amp_level, backend.dtype
     batch, mask = padded_batch(ids[0], padding) if padding else (ids, None)
 
-    reference, emulated, actual = {}, None, {}
+    reference, emulated, notes = {}, None, []
     ref_numpy.forward(config, params64, batch, attention_mask=mask, trace=reference)
-    notes = []
-    if amp_level == "O0" or dtype in (None, "float16"):
+    if dtype in ("float32", "float16"):
         emulated = {}
-        emulated_forward(config, params, batch, amp_level=amp_level, dtype=dtype, attention_mask=mask,
-                         trace=emulated)
+        emulated_forward(config, params, batch, amp_level=amp_level, dtype=None if amp_level == "O0" else dtype,
+                         attention_mask=mask, trace=emulated)
     else:
-        notes.append(f"no measured noise at {dtype}: NumPy has no {dtype} to emulate it (derived bounds only)")
-    with record_dtypes() as log:
-        model.forward_numpy(batch, attention_mask=mask, trace=actual)
+        notes.append(f"no measured noise at {dtype}: NumPy has no {dtype} spec to emulate it with (derived bounds "
+                     f"only)" if dtype != "float64" else "no measured noise at float64 (derived bounds only)")
     condition = reference_layer_norm_condition(config, params64, batch, mask)
-    rows = compare_traces(config, reference, actual, amp_level=amp_level, dtype=dtype, emulated=emulated,
-                          padding=padding, layer_norm_condition=condition)
+    rows, policy = [], []
+    if backend.provides["trace"]:
+        actual = {}
+        backend.forward(batch, mask, trace=actual)
+        rows = compare_traces(config, reference, actual, amp_level=amp_level, dtype=dtype, emulated=emulated,
+                              padding=padding, layer_norm_condition=condition)
+    else:
+        notes.append(f"layer-by-layer trace: not provided by the backend ({OPTIONAL_PARTS['trace']}): only its "
+                     f"logits are compared")
+    if backend.provides["dtype_log"]:
+        policy = policy_checks(config, amp_level, dtype, backend.dtype_log())
+    else:
+        notes.append(f"AMP dtype policy: not provided by the backend ({OPTIONAL_PARTS['dtype_log']})")
     logits_bound = conditioned(precision_bound(config, amp_level, dtype), condition)
     emulated_logits = None if emulated is None else emulated["logits"]
 
@@ -230,31 +250,38 @@ def run_parity(config, params, ids, *, amp_level="O0", dtype=None, mode="pynativ
         return [compare_row(name, logits, reference_logits, emulated_logits, logits_bound, view,
                             single=not padding, first_position=first_position) for view in views]
 
-    # The model's own output (graph mode's compiled path) besides its traced run.
-    logits, _ = model.forward_numpy(batch, attention_mask=mask)
+    # The backend's plain forward (graph mode's compiled path) besides its traced run.
+    logits = backend.forward(batch, mask)
     output_rows = logits_rows("logits (model output)", logits, reference["logits"], emulated_logits)
     rows += output_rows
-    if T > 1:  # the second half through the KV cache of the first: positions must continue
+    if T > 1 and backend.provides["cache"]:  # the second half through the KV cache of the first
         half = T // 2
-        _, past = model.forward_numpy(batch[:, :half], attention_mask=None if mask is None else mask[:, :half])
-        cached, _ = model.forward_numpy(batch[:, half:], attention_mask=mask, past=past)
+        _, past = backend.forward_cached(batch[:, :half], None if mask is None else mask[:, :half])
+        cached, _ = backend.forward_cached(batch[:, half:], mask, past)
         rows += logits_rows("logits (KV cache)", cached, reference["logits"][:, half:],
                             None if emulated is None else emulated_logits[:, half:], first_position=half)
-    settings = {"arch": config.arch, "n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head,
+    elif T > 1:
+        notes.append(f"KV cache: not provided by the backend ({OPTIONAL_PARTS['cache']}); generation recomputes "
+                     f"the whole sequence at every token")
+    info = backend.describe()
+    settings = {"backend": info["name"], "version": info["version"], "device": info["device"],
+                "arch": config.arch, "n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head,
                 "n_vocab": config.n_vocab, "tokens": T, "padded_row_padding": padding, "amp_level": amp_level,
-                "dtype": dtype or ("float16" if amp_level != "O0" else "float32"), "mode": mode}
+                "dtype": dtype}
+    if getattr(backend.backend, "mode", None):
+        settings["mode"] = backend.backend.mode
     if padding:
         notes.append(f"rows: the prompt, and 'padded:' the prompt with its first {padding} positions left padded "
                      f"(compared at its real positions; padding positions must be finite)")
     report = ParityReport(settings, rows, logits_agreement(reference["logits"][:1], logits[:1]), notes=notes,
-                          policy=policy_checks(config, amp_level, dtype, log))
+                          policy=policy)
     if max_new_tokens:
         spec_tokens = ref_numpy.generate(config, params64, ids[0], max_new_tokens, greedy=True)[T:]
-        ms_tokens = ms_backend.generate(model.config, model, ids[0], max_new_tokens, greedy=True)[T:]
+        backend_tokens = backend.generate(ids[0], max_new_tokens, greedy=True)[T:]
         # A flip is allowed where the spec's top-2 gap is within what the backend's error may move:
         # the measured-noise bound of the logits when there is one (far tighter than the derived one).
         near_tie = output_rows[0].noise_bound or logits_bound
-        report.generation = check_greedy(config, params64, ids[0], spec_tokens, ms_tokens, near_tie)
+        report.generation = check_greedy(config, params64, ids[0], spec_tokens, backend_tokens, near_tie)
     return report
 
 

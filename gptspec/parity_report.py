@@ -1,5 +1,7 @@
 """The parity report: per-tensor rows (single row and padded row), the AMP policy's dtype check,
-the logits' agreement and the greedy generation -- as a table (`gptspec parity`) or JSON."""
+the logits' agreement and the greedy generation -- as a table (`gptspec parity`) or JSON.  The
+training report (`gptspec parity --train`) uses the same rows for the loss, every gradient and
+every parameter after one update, plus Checks (the injected overflow)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -61,6 +63,17 @@ class PolicyCheck:
         return f"{status} dtype policy: {self.operation} must run in {self.expected}, ran in {ran}{count}"
 
 
+@dataclass
+class Check:
+    """A pass/fail check that is not a tensor comparison (the injected overflow of `--train`)."""
+    name: str
+    passed: bool
+    detail: str
+
+    def describe(self) -> str:
+        return f"{'ok' if self.passed else 'FAIL'} {self.name}: {self.detail}"
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -69,19 +82,22 @@ def _ratio(value: float | None) -> str:
 class ParityReport:
     settings: dict
     rows: list[Comparison]
-    agreement: dict
+    agreement: dict | None  # the logits' top-1 agreement and KL (forward parity only)
     generation: GenerationCheck | None = None
     notes: list[str] = field(default_factory=list)
     policy: list[PolicyCheck] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return (all(row.passed for row in self.rows) and all(check.passed for check in self.policy)
+                and all(check.passed for check in self.checks)
                 and (self.generation is None or self.generation.passed))
 
     def failures(self) -> list[str]:
         failed = [row.describe() for row in self.rows if not row.passed]
         failed += [check.describe() for check in self.policy if not check.passed]
+        failed += [check.describe() for check in self.checks if not check.passed]
         if self.generation is not None and not self.generation.passed:
             failed.append(self.generation.describe())
         return failed
@@ -114,9 +130,11 @@ class ParityReport:
             lines.append(f"dtype policy ({len(self.policy)} kinds of operation, as ms_backend/amp.py's table): "
                          + ("ok" if not bad else "FAIL"))
             lines += [f"  {check.describe()}" for check in bad]
+        lines += [check.describe() for check in self.checks]
         a = self.agreement
-        lines.append(f"top-1 agreement {a['top1_agreement']:.4f}, KL(spec || backend) mean {a['kl_mean']:.3e} "
-                     f"max {a['kl_max']:.3e}")
+        if a is not None:
+            lines.append(f"top-1 agreement {a['top1_agreement']:.4f}, KL(spec || backend) mean {a['kl_mean']:.3e} "
+                         f"max {a['kl_max']:.3e}")
         if self.generation is not None:
             lines.append(self.generation.describe())
         lines.append("PASS" if self.passed else "FAIL: " + "; ".join(f.split(":")[0] for f in self.failures()))
@@ -138,5 +156,7 @@ class ParityReport:
             generation = {"reference": g.reference, "backend": g.actual, "first_divergence": g.first_divergence,
                           "top2_gap": g.top2_gap, "allowed_gap": g.allowed_gap,
                           "distinct_tokens": g.distinct_tokens, "passed": g.passed}
+        checks = [{"check": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks]
         return {"settings": self.settings, "notes": self.notes, "tensors": rows, "dtype_policy": policy,
-                **self.slack(), **self.agreement, "generation": generation, "passed": self.passed}
+                "checks": checks, **self.slack(), **(self.agreement or {}), "generation": generation,
+                "passed": self.passed}

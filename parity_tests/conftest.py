@@ -6,6 +6,11 @@ Hypothesis profiles (choose with `pytest --hypothesis-profile=NAME`, default `ci
   tokenizer-exhaustive  100k examples per property, for the tokenizer tests only:
        pytest parity_tests/test_tokenizer_*.py --hypothesis-profile=tokenizer-exhaustive
 A failing example prints `@reproduce_failure(...)` and the seed (print_blob) to replay it.
+
+Backends (parity_tests/backends.py): every test taking `gpt_backend` runs on the spec (float64,
+float32) and MindSpore by default, or on one backend named on the command line:
+  --gptspec-backend NAME|MODULE:FACTORY   mindspore, hf, numpy, or any gptspec/backend.py factory
+  --gptspec-option K=V                    an option for its factory (repeatable)
 """
 from __future__ import annotations
 
@@ -24,6 +29,23 @@ settings.register_profile("tokenizer-exhaustive", max_examples=100_000, deadline
 settings.load_profile(os.environ.get("GPTSPEC_HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("gptspec", "gptspec backends")
+    group.addoption("--gptspec-backend", metavar="NAME|MODULE:FACTORY", default=None,
+                    help="run the backend-facing properties on this backend only: mindspore, hf, numpy, or "
+                         "MODULE:FACTORY importable from the current directory (gptspec/backend.py's protocol)")
+    group.addoption("--gptspec-option", metavar="K=V", action="append", default=[],
+                    help="an option for --gptspec-backend's factory (repeatable), e.g. dtype=float16")
+
+
+def pytest_generate_tests(metafunc):
+    if "gpt_backend" in metafunc.fixturenames:
+        from .backends import selected_backends
+
+        entries = selected_backends(metafunc.config)
+        metafunc.parametrize("gpt_backend", entries, ids=[entry.name for entry in entries])
 
 
 def reference_dir() -> Path:

@@ -45,8 +45,8 @@ from weights.hf import hf_config, params_from_state, state_from_params
 
 DTYPES = ("float32", "float16", "bfloat16")
 AMP_LEVEL = {"float32": "O0", "float16": "O3", "bfloat16": "O3"}
-INSTALL_HINT = ("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu first (a looser torch "
-                "pulls a multi-GB CUDA build), then pip install -e '.[oracle]'")
+INSTALL_HINT = ("pip install torch==2.13.0 first (pinned: a looser torch pulls a multi-GB CUDA build), then "
+                "pip install -e '.[oracle]'")
 IGNORE_INDEX = -100
 
 
@@ -224,9 +224,10 @@ class HFBackend:
         hyper = {"betas": (float(betas[0]), float(betas[1])), "eps": float(eps), "weight_decay": float(weight_decay),
                  "max_grad_norm": None if max_grad_norm is None else float(max_grad_norm)}
         if self.optimizer is None:
-            self.optimizer, self.hyper = self.make_optimizer(lr, **hyper), hyper
+            self.optimizer = self.make_optimizer(lr, hyper["betas"], hyper["eps"], hyper["weight_decay"])
+            self.hyper = hyper
         elif hyper != self.hyper:
-            changed = [f"{key} {self.hyper[key]} -> {value}" for key, value in hyper.items() if value != self.hyper[key]]
+            changed = [f"{key} {old} -> {hyper[key]}" for key, old in self.hyper.items() if hyper[key] != old]
             raise ValueError(f"train_step's hyper-parameters changed after the first step ({', '.join(changed)}): "
                              f"the optimizer keeps them; build a new backend to train with others")
         for group in self.optimizer.param_groups:
@@ -239,7 +240,7 @@ class HFBackend:
         self.optimizer.step()
         return {"loss": float(loss.detach()), "grad_norm": float(norm), "params": self.params_numpy()}
 
-    def make_optimizer(self, lr, *, betas, eps, weight_decay, max_grad_norm):
+    def make_optimizer(self, lr, betas, eps, weight_decay):
         """torch's AdamW, weight decay on >= 2-D tensors only (the spec's rule).  named_parameters
         lists the tied embedding once, so it is decayed once."""
         parameters = [p for _, p in self.model.named_parameters()]

@@ -250,6 +250,22 @@ def test_train_step_keeps_its_hyper_parameters_but_takes_a_new_lr():
         wrapped.train_step(*batch, params_like=params, **dict(HYPER, max_grad_norm=0))
 
 
+def test_returned_params_and_grads_are_not_changed_by_later_steps():
+    """They are copies: torch updates its parameters and zeroes their .grad in place."""
+    config, wrapped = CONFIGS["gpt2"], backend("gpt2")
+    params, batch = probe_params(config), training_batch(config)
+    _, grads = wrapped.loss_and_grads(*batch, params_like=params)
+    first = wrapped.train_step(*batch, params_like=params, **HYPER)["params"]
+    kept_grads, kept_params = R.flatten_params(R.cast_params(grads, np.float64)), R.cast_params(first, np.float64)
+    second = wrapped.train_step(*batch, params_like=params, **HYPER)["params"]
+    wrapped.loss_and_grads(*batch, params_like=params)
+    for name, g in R.flatten_params(grads).items():
+        np.testing.assert_array_equal(g, kept_grads[name], err_msg=f"grads[{name!r}] changed")
+    for name, p in R.flatten_params(first).items():
+        np.testing.assert_array_equal(p, R.flatten_params(kept_params)[name], err_msg=f"params[{name!r}] changed")
+    assert not np.array_equal(first["wte"], second["wte"]), "the second step must move the weights"
+
+
 def test_train_step_without_clipping_reports_the_norm():
     config, wrapped = CONFIGS["gpt2"], backend("gpt2")
     params, (inputs, targets, mask) = probe_params(config), training_batch(config)

@@ -81,7 +81,8 @@ def build_model(config, dtype="float32"):
     values = hf_config(config)
     model_type = values.pop("model_type")
     hf = transformers.AutoConfig.for_model(model_type, **values, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                           bos_token_id=None, eos_token_id=None, attn_implementation="eager")
+                                           bos_token_id=None, eos_token_id=None, attn_implementation="eager",
+                                           use_cache=False)  # a cache only when forward is given `past`
     model_class = transformers.GPT2LMHeadModel if config.arch == "gpt2" else transformers.OpenAIGPTLMHeadModel
     model = model_class(hf).to(getattr(torch, dtype)).eval()
     if model.lm_head.weight is not model.get_input_embeddings().weight:
@@ -91,8 +92,10 @@ def build_model(config, dtype="float32"):
 
 
 def to_numpy(tensor) -> np.ndarray:
-    """float32 NumPy of any float tensor (NumPy has no bfloat16)."""
-    return tensor.detach().float().cpu().numpy()
+    """A float32 NumPy copy of any float tensor (NumPy has no bfloat16).  A copy: .numpy() of a
+    float32 tensor shares its memory, and the parameters and their .grad change in place at the next
+    step -- the params and grads handed out must not."""
+    return np.array(tensor.detach().float().cpu().numpy())  # np.array copies
 
 
 class HFBackend:

@@ -139,11 +139,10 @@ class HFBackend:
 
     def forward(self, ids, attention_mask=None, *, trace=None):
         """Logits [B, T, V] float32; `trace` (a dict) receives every tensor the spec traces."""
-        logits, _ = self.run(self.model_inputs(ids, attention_mask), trace)
-        return logits
+        return self.run(self.model_inputs(ids, attention_mask), trace)
 
-    def run(self, inputs: dict, trace, cache_arguments=None):
-        """(logits as NumPy, the model's output) of one no-grad forward, traced when asked."""
+    def run(self, inputs: dict, trace, cache_arguments=None) -> np.ndarray:
+        """The logits (float32 NumPy) of one no-grad forward, traced when asked."""
         kwargs = dict(inputs, **(cache_arguments or {}))
         if trace is not None and self.config.arch == "gpt1":
             kwargs["output_attentions"] = True  # GPT-1's Attention returns its weights only then
@@ -157,7 +156,7 @@ class HFBackend:
         logits = to_numpy(out.logits)
         if trace is not None:
             trace["logits"] = logits
-        return logits, out
+        return logits
 
     # TRACE: which submodule output is which spec tensor (ref_numpy/layers.py gpt1_block/gpt2_block).
     #   embed                 transformer.drop: wte[ids] + wpe[positions], before the first block
@@ -312,5 +311,5 @@ class HFCachedBackend(HFBackend):
             cached_rows, batch = next(iter(present))[0].shape[0], inputs["input_ids"].shape[0]
             if cached_rows != batch:
                 raise ValueError(f"past holds {cached_rows} rows, ids has {batch}: continue a cache with its own batch")
-        logits, out = self.run(inputs, trace, {self.cache_keyword: present, "use_cache": True})
-        return logits, present
+        logits = self.run(inputs, trace, {self.cache_keyword: present, "use_cache": True})
+        return logits, present  # transformers grew `present` in place

@@ -1,7 +1,7 @@
 """The spec against an independent oracle: Hugging Face transformers on PyTorch.
 
 Random GPT2LMHeadModel / OpenAIGPTLMHeadModel (small, eval mode, eager attention) with every
-parameter randomised, their state dicts mapped into our params dict by weights.hf_names, and
+parameter randomised, their state dicts mapped into our params dict by weights.hf, and
 the logits compared -- in float64 (the exact check) and float32 -- with and without a
 left-padded batch.
 """
@@ -13,13 +13,15 @@ import pytest
 import ref_numpy as R
 from gptspec.compare import assert_close
 from gptspec.tolerances import HF_FLOAT32_RELATIVE, reorder_bound
-from weights.hf_names import hf_name
+from weights.hf import params_from_state
 
 from .strategies import left_padding_mask
 
 torch = pytest.importorskip("torch", reason="oracle extra (torch) not installed")
 transformers = pytest.importorskip("transformers", reason="oracle extra (transformers) not installed")
 pytestmark = pytest.mark.oracle
+
+from gptspec.backends.hf import build_model  # noqa: E402  (needs torch)
 
 CONFIGS = {
     "gpt2": R.GPTConfig(arch="gpt2", n_vocab=61, n_ctx=16, n_embd=32, n_head=4, n_layer=3),
@@ -28,17 +30,11 @@ CONFIGS = {
 
 
 def hf_model(config: R.GPTConfig, dtype):
-    common = dict(vocab_size=config.n_vocab, n_positions=config.n_ctx, n_embd=config.n_embd,
-                  n_layer=config.n_layer, n_head=config.n_head, layer_norm_epsilon=config.layer_norm_epsilon,
-                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
-    if config.arch == "gpt2":
-        hf_config = transformers.GPT2Config(activation_function="gelu_new", bos_token_id=0, eos_token_id=0,
-                                            **common)
-        model = transformers.GPT2LMHeadModel(hf_config)
-    else:
-        model = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(afn="gelu", **common))
+    """The hf backend's model (gptspec.backends.hf.build_model: eager, no dropout) with every
+    parameter randomised here, biases and LayerNorms included, in torch `dtype`."""
+    model = build_model(config)
     torch.manual_seed(0)
-    with torch.no_grad():  # randomise everything, biases and LayerNorms included
+    with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.randn_like(p) * (0.1 if name.endswith("bias") or "ln" in name else 0.05)
                     + (1.0 if "ln" in name and name.endswith("weight") else 0.0))
@@ -46,11 +42,8 @@ def hf_model(config: R.GPTConfig, dtype):
 
 
 def params_from_hf(config: R.GPTConfig, model) -> dict:
-    """Our params dict from an HF state dict, by name -- no transposes (Conv1D is [in, out])."""
-    state = model.state_dict()
-    flat = {name: state[hf_name(name, config.arch)].detach().cpu().numpy()
-            for name in R.expected_shapes(config)}
-    params = R.unflatten_params(flat)
+    """Our params dict from the HF state dict, by weights.hf's name mapping (no transposes)."""
+    params = params_from_state(config, model.state_dict(), convert=lambda t: t.detach().cpu().numpy())
     R.check_params(config, params)
     return params
 

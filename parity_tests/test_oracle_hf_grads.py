@@ -1,7 +1,7 @@
 """The spec's gradients against PyTorch autograd on Hugging Face's models, in float64.
 
 Random GPT2LMHeadModel / OpenAIGPTLMHeadModel (every parameter randomised, mapped into our params
-by weights.hf_names as in test_oracle_hf.py), the cross-entropy computed here in float64 with -100
+by weights.hf as in test_oracle_hf.py), the cross-entropy computed here in float64 with -100
 on padding (transformers' own loss upcasts to float32), `loss.backward()`, and every parameter's
 gradient compared per tensor with backward_bound(float64).  HF ties lm_head.weight to the token
 embedding, so its .grad is the embedding part plus the head part, like ours.
@@ -16,7 +16,7 @@ import pytest
 import ref_numpy as R
 from gptspec.compare import compare
 from gptspec.tolerances import backward_bound, reorder_bound
-from weights.hf_names import hf_name
+from weights.hf import params_from_state
 
 torch = pytest.importorskip("torch", reason="oracle extra (torch) not installed")
 pytest.importorskip("transformers", reason="oracle extra (transformers) not installed")
@@ -47,8 +47,8 @@ def oracle_loss_and_grads(config, model, ids, targets, mask):
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, config.n_vocab), torch.tensor(targets).reshape(-1),
                                              ignore_index=-100)
     loss.backward()
-    named = dict(model.named_parameters())
-    return float(loss.detach()), {name: named[hf_name(name, config.arch)].grad.numpy() for name in R.expected_shapes(config)}
+    grads = params_from_state(config, dict(model.named_parameters()), convert=lambda p: p.grad.numpy())
+    return float(loss.detach()), R.flatten_params(grads)
 
 
 def gradient_table(arch, side):

@@ -143,6 +143,26 @@ def load(folder: Path, *, check_finite: bool = False):
     return config, params
 
 
+def state_from_params(params: dict, arch: str, prefix: str = PREFIX) -> dict:
+    """{HF name: array} of a params dict ("transformer.h.0.attn.c_attn.weight", ...), arrays as they
+    are: HF's Conv1D is [in, out] like ours, so nothing is transposed.  The tied lm_head.weight is
+    not listed: it is the token embedding."""
+    flat = ref_numpy.flatten_params(params)
+    return dict(zip(hf_names(flat, arch, prefix).values(), flat.values()))
+
+
+def params_from_state(config: ref_numpy.GPTConfig, state, prefix: str = PREFIX, convert=np.asarray) -> dict:
+    """Our params dict from any mapping of HF names to tensors -- a state dict, a model's named
+    parameters, their .grad -- each passed through `convert` (e.g. torch tensor -> numpy).  A
+    tensor the spec has and `state` lacks is a KeyError naming both names."""
+    flat = {}
+    for ours, theirs in hf_names(ref_numpy.expected_shapes(config), config.arch, prefix).items():
+        if theirs not in state:
+            raise KeyError(f"no {theirs!r} (the spec's {ours!r}) among the {len(state)} Hugging Face tensors")
+        flat[ours] = convert(state[theirs])
+    return ref_numpy.unflatten_params(flat)
+
+
 def hf_config(config: ref_numpy.GPTConfig) -> dict:
     """config.json that transformers' GPT2LMHeadModel / OpenAIGPTLMHeadModel load."""
     common = dict(vocab_size=config.n_vocab, n_positions=config.n_ctx, n_embd=config.n_embd,
@@ -160,8 +180,7 @@ def save(params: dict, config: ref_numpy.GPTConfig, folder: Path) -> None:
     from safetensors.numpy import save_file
 
     ref_numpy.check_params(config, params)
-    flat = ref_numpy.flatten_params(params)
-    names = hf_names(flat, config.arch, prefix=PREFIX)
-    save_file({names[n]: np.ascontiguousarray(a) for n, a in flat.items()}, str(folder / SINGLE),
+    state = state_from_params(params, config.arch)
+    save_file({name: np.ascontiguousarray(a) for name, a in state.items()}, str(folder / SINGLE),
               metadata={"format": "pt"})
     (folder / CONFIG).write_text(json.dumps(hf_config(config), indent=2) + "\n", encoding="utf-8")

@@ -35,7 +35,8 @@ check that needs one says so; it is never skipped silently):
                the layer-by-layer comparison that localises a failure.
     cache      forward(..., past=past) continues from an earlier call's cache and then returns
                (logits, present); `past=None` starts a new cache.  The cache is the backend's
-               own object: gptspec only hands it back.  A backend with `past` may return
+               own object: gptspec only hands it back, and never reuses a past it has passed
+               on (a backend may grow it in place).  A backend with `past` may return
                (logits, present) from every call.
     dtype_log  dtype_log() -> [(operation, [dtype names])]: the dtype each kind of operation
                ran in during the last forward, in ms_backend/amp.py's operation names, checked
@@ -50,13 +51,17 @@ check that needs one says so; it is never skipped silently):
                decay on >= 2-D tensors only -- and the params dict after it.  Steps accumulate:
                the backend keeps its weights and optimizer state between calls.  gptspec asks
                for gradients (loss_and_grads, classifier_loss_and_grads) before any train_step,
-               at the weights the backend was built with.
+               at the weights the backend was built with, and passes the same hyper-parameters
+               to every train_step (a backend may refuse changed ones with ValueError).
     overflow   train_step(..., overflow=True): this step's loss scale is raised until its
                low-precision gradients overflow; a backend with dynamic loss scaling must skip
                the update (parameters bit-identical) and halve the scale.
     classifier classifier_loss_and_grads(head, ids, labels, clf_positions, attention_mask=None, *,
                lm_coef=0.5) -> (loss, grads, head_grads): GPT-1's fine-tuning objective, as
                ref_numpy.classifier_loss_and_grads.
+
+A part is provided when the method exists and is callable (a backend withholds one, e.g.
+train_step at a precision it cannot train in, by setting the attribute to None).
 
 Attributes for the report and the bounds (all optional): `name`, `version`, `device` (strings);
 `amp_level` ("O0" default .. "O3", the precision policy of ms_backend/amp.py the backend follows)

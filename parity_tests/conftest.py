@@ -40,6 +40,12 @@ def pytest_addoption(parser):
                     help="an option for --gptspec-backend's factory (repeatable), e.g. dtype=float16")
 
 
+def pytest_configure(config):
+    from .backends import selected_backends
+
+    selected_backends(config)  # a --gptspec-backend that cannot be loaded stops here (pytest.UsageError)
+
+
 def pytest_generate_tests(metafunc):
     if "gpt_backend" in metafunc.fixturenames:
         from .backends import selected_backends

@@ -39,7 +39,8 @@ check that needs one says so; it is never skipped silently):
                on (a backend may grow it in place).  A backend with `past` may return
                (logits, present) from every call.
     dtype_log  dtype_log() -> [(operation, [dtype names])]: the dtype each kind of operation
-               ran in during the last forward, in ms_backend/amp.py's operation names, checked
+               ran in during the last traced forward (gptspec asks right after it), in
+               ms_backend/amp.py's operation names, checked
                against amp.py's table for the backend's amp_level (the AMP policy check).
     gradients  loss_and_grads(inputs, targets, attention_mask=None) -> (loss, grads): the mean
                cross-entropy over targets != -100 and its gradient, `grads` in the params dict's

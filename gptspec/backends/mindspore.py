@@ -43,12 +43,14 @@ class MindSporeBackend:
         self._trainers: dict = {}
 
     def forward(self, ids, attention_mask=None, *, trace=None, past=None):
-        """(logits, present): ms_backend.GPTModel.forward_numpy.  The traced run records the
-        dtype each Cell computed in (dtype_log)."""
+        """(logits, present): ms_backend.GPTModel.forward_numpy.  A traced run (PyNative, in
+        either mode) also records the dtype each Cell computed in, for dtype_log; recording reads
+        every tensor's dtype, so untraced runs skip it."""
+        if trace is None:
+            return self.model.forward_numpy(ids, attention_mask=attention_mask, past=past)
         with record_dtypes() as log:
             logits, present = self.model.forward_numpy(ids, attention_mask=attention_mask, past=past, trace=trace)
-        if log:  # graph mode's compiled path records nothing: keep the last traced run's log
-            self._log = list(log)
+        self._log = list(log)
         return logits, present
 
     def dtype_log(self) -> list:

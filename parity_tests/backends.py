@@ -65,7 +65,7 @@ def selected_backends(config) -> list[BackendEntry]:
 def require(backend: BackendUnderTest, part: str) -> None:
     """Skip, saying why, a property that needs an optional part this backend does not provide."""
     if not backend.provides[part]:
-        pytest.skip(f"the {backend.spec} backend does not provide {OPTIONAL_PARTS[part]}")
+        pytest.skip(f"the {backend.spec} backend does not provide {OPTIONAL_PARTS[part]} (for {backend.config.arch})")
 
 
 def same_computation_bound(config, backend: BackendUnderTest) -> Bound:

@@ -234,6 +234,7 @@ def prepare(args, opts, free, folder, session, rank, world_size) -> dict:
         resumed = dict(opts, model=None, config=None, weights=str(checkpoint), vocab=str(checkpoint),
                        train_tokenizer=None, n_layer=None, n_embd=None, n_head=None, n_ctx=None)
     train_docs, valid_docs = setup.load_documents(opts)
+    setup.warn_about_files("train", opts)
     config, params, tokenizer = setup.build_model(resumed if args.resume else opts, train_docs, say)
     if opts["seq_len"] is None:
         opts["seq_len"] = min(1024, config.n_ctx)
@@ -305,6 +306,7 @@ def train_and_report(args, opts, free, folder, prepared, rank, world_size) -> in
 
 
 def report(summary: dict, folder, opts: dict, say) -> None:
+    from gptspec.training.backends import LOG_FLOAT_MAX
     from gptspec.training.checkpoint import checkpoint_problem
     from gptspec.training.loop import perplexity_text
 
@@ -317,6 +319,8 @@ def report(summary: dict, folder, opts: dict, say) -> None:
             f"(loss {before:.4f} -> {after:.4f} nats/token)")
     elif after is not None:
         say(f"held-out perplexity: {perplexity_text(after)} (loss {after:.4f} nats/token)")
+    if after is not None and not after < LOG_FLOAT_MAX:
+        say("the held-out loss exploded: the run diverged; lower --lr, or clip with --max-grad-norm")
 
 
 def demo_samples(config, params, tokenizer, seed: int, say) -> None:

@@ -28,6 +28,16 @@ def demo_documents() -> tuple[list[Document], list[Document]]:
     return [d for i, d in enumerate(docs) if i % 10 != 5], [d for i, d in enumerate(docs) if i % 10 == 5]
 
 
+def warn_about_files(command: str, opts: dict) -> None:
+    """data.file_warnings on --data and --valid, one stderr line each."""
+    import sys
+
+    from .data import file_warnings
+
+    for warning in file_warnings(opts.get("data"), opts.get("valid")):
+        print(f"gptspec {command}: warning: {warning}", file=sys.stderr)
+
+
 def load_documents(opts: dict) -> tuple[list[Document], list[Document] | None]:
     """(training documents, held-out documents or None)."""
     if opts["demo"]:
@@ -52,7 +62,10 @@ def build_model(opts: dict, documents: list[Document], say) -> tuple[ref_numpy.G
             raise ValueError(f"{', '.join(given)} only apply to --config (a new model); a loaded model keeps its sizes "
                              f"and vocabulary")
         import weights
+        from gptspec.common import checked_weights
 
+        if opts["weights"]:
+            checked_weights(opts["weights"])
         config, params = weights.load(opts["model"] or opts["weights"])
         tokenizer = _tokenizer_for(opts, weights.cache.resolve(opts["model"] or opts["weights"]))
     else:

@@ -115,11 +115,16 @@ def test_damaged_weights_are_refused_by_every_consumer(old_run, files, capsys, c
                  "--max-new-tokens", "2"]) == 0
 
 
-def test_editing_the_run_folder_leaves_the_kept_checkpoint_intact(old_run, capsys):
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_editing_the_run_folder_leaves_the_kept_checkpoint_intact(old_run, capsys, damage):
     run, _ = old_run
     kept = run / "checkpoints" / "step-2" / "model.safetensors"
     assert os.stat(run / "model.safetensors").st_ino != os.stat(kept).st_ino       # a copy, not a hard link
-    flip_byte(run / "model.safetensors")
+    if damage == "truncated":
+        with open(run / "model.safetensors", "r+b") as f:
+            f.truncate(1000)
+    else:
+        flip_byte(run / "model.safetensors")
     assert checkpoint_module.checkpoint_problem(kept.parent) is None
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0       # already at its last step

@@ -256,14 +256,12 @@ def checkpoint_problem(folder: Path) -> str | None:
 
 
 def verified_checkpoint(folder, argument: str = "--weights") -> Path:
-    """`folder`, checked before any consumer loads it: it exists, and a checkpoint written by
-    `gptspec train/finetune` (it holds train_state.json or run.json) matches its recorded hashes.
+    """`folder`, checked before any consumer loads it: a checkpoint written by `gptspec
+    train/finetune` (it holds train_state.json or run.json) matches its recorded hashes.
     A damaged or half-written file is an error naming it, with the newest intact checkpoint."""
+    if not Path(folder).is_dir():
+        return folder          # a model name or a missing path: the loader says which
     folder = Path(folder)
-    if not folder.exists():
-        raise ValueError(f"{argument} {folder} does not exist")
-    if not folder.is_dir():
-        raise ValueError(f"{argument} {folder} is a file; give the checkpoint's folder")
     if not ((folder / STATE_FILE).exists() or (folder / RUN_FILE).is_file()):
         return folder          # not written by gptspec train (a converted or fetched model): no manifest
     problem = checkpoint_problem(folder)

@@ -157,7 +157,10 @@ def load_classifier(folder) -> tuple:
     import weights
     from gptspec.common import checked_weights
 
-    folder = checked_weights(folder)
+    if not Path(folder).is_dir():
+        raise ValueError(f"--weights {folder} does not exist" if not Path(folder).exists() else
+                         f"--weights {folder} is a file; give the fine-tuning run's folder")
+    folder = checked_weights(Path(folder))
     for name in (HEAD_FILE, LABELS_FILE):
         if not (folder / name).is_file():
             raise ValueError(f"{folder} is not a fine-tuned classifier: {name} is missing (make one with "

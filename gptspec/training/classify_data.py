@@ -230,7 +230,8 @@ def read_choice_rows(paths, *, context_column: str, answers_column: str, label_c
                 raise ValueError(f"{argument}: {path} has no answer columns {answers_column}_0, {answers_column}_1 "
                                  f"(its header: {header}); name them with --answers-column")
             records = [(where, {**record, answers_column: [record[c] for c in answer_columns]})
-                       for where, record in _csv_records(path, text, (context_column, label_column), argument)]
+                       for where, record in _csv_records(path, text, (context_column, label_column), argument,
+                                                            "name the columns with --context-column / --label-column")]
         elif path.suffix == ".jsonl":
             records = _jsonl_records(path, text, argument)
         else:

@@ -147,10 +147,16 @@ def test_data_mistakes_are_warned_about(tmp_path, files, capsys):
     assert f"warning: --data {nul} holds 64 NUL bytes" in err
 
 
-def test_a_diverging_run_reports_an_overflowing_perplexity(tmp_path, files, capsys):
+@pytest.mark.parametrize("backend, steps, lr", [
+    ("numpy", 6, 10),
+    pytest.param("mindspore", 2, 1000, marks=pytest.mark.mindspore),     # ~12 s: the graph's compile
+])
+def test_a_diverging_run_reports_an_overflowing_perplexity(tmp_path, files, capsys, backend, steps, lr):
+    if backend == "mindspore":
+        pytest.importorskip("mindspore", reason="the mindspore extra is not installed")
     run = tmp_path / "run"
     capsys.readouterr()
-    train(files, run, "--steps", "6", "--lr", "10", "--max-grad-norm", "0", "--weight-decay", "0")
+    train(files, run, "--steps", steps, "--lr", lr, "--max-grad-norm", "0", "--weight-decay", "0", "--backend", backend)
     out = capsys.readouterr().out
     assert "inf (overflow) after" in out and "the run diverged" in out
     assert (run / "loss.png").is_file() or "loss.png not drawn: matplotlib is not installed" in out

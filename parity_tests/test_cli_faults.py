@@ -75,6 +75,18 @@ def test_overwrite_replaces_the_old_run_only_after_the_first_checkpoint(old_run,
     assert not (run / checkpoint_module.REPLACED).exists() and not (run / "checkpoints" / "step-1").exists()
 
 
+def test_disk_full_while_starting_keeps_the_old_run(old_run, files, monkeypatch, capsys):
+    run, before = old_run
+
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(checkpoint_module, "_write_atomic", disk_full)
+    fails(capsys, "train", ["--data", files["text"], *train_args(files["vocab"]), "--out", run, "--overwrite"],
+          "No space left on device", str(run / "run.json"))
+    assert snapshot(run) == before and not (run / checkpoint_module.REPLACED).exists()
+
+
 def test_a_start_killed_before_its_first_checkpoint_gives_the_old_run_back(old_run, files, capsys):
     run, before = old_run
     folder = checkpoint_module.RunFolder(run)

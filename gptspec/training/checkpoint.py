@@ -94,6 +94,7 @@ class RunFolder:
         DIR/.replaced/ (deleted after the new run's first checkpoint, put back by abandon_if_unsaved)."""
         self.check_start(overwrite=overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
+        self._unsaved = True        # from here on, abandon_if_unsaved undoes the start
         entries = _entries(self.path)
         if entries:
             aside = self.path / REPLACED
@@ -103,7 +104,6 @@ class RunFolder:
                 os.rename(self.path / name, aside / name)
             _fsync(self.path)
         _write_atomic(self.path / RUN_FILE, json.dumps({"format": FORMAT, **identity}, indent=2) + "\n")
-        self._unsaved = True
 
     def abandon_if_unsaved(self) -> None:
         """The new run stopped before its first checkpoint: remove what it wrote and put back the run

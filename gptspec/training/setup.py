@@ -214,7 +214,11 @@ class RunSession:
                 self.say(f"copied {checkpoint} back into {self.folder.path}")
             return
         self.stack.enter_context(self.folder.locked("--out", self.say))
-        self.folder.start(identity, overwrite=bool(self.args.overwrite))
+        try:
+            self.folder.start(identity, overwrite=bool(self.args.overwrite))
+        except BaseException:
+            self.folder.abandon_if_unsaved()
+            raise
 
 
 @contextmanager

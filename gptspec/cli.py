@@ -5,6 +5,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import sys
 import traceback
 
@@ -55,9 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# '-1e-3', '-.5', '-inf': argparse takes a token starting with '-' for an option unless it looks
+# like '-5' or '-0.5', so `--lr -1e-3` failed with "expected one argument" before --lr's own check.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """['--lr', '-1e-3'] -> ['--lr=-1e-3']: the value reaches the option, whose check then names it."""
+    joined = []
+    for token in argv:
+        previous = joined[-1] if joined else ""
+        if NEGATIVE_NUMBER.match(token) and previous.startswith("--") and "=" not in previous and previous != "--":
+            joined[-1] = f"{previous}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError, ImportError) as error:

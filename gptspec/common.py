@@ -34,7 +34,7 @@ def load_model(args, dtype=None) -> tuple[ref_numpy.GPTConfig, dict]:
         return config, ref_numpy.init_params(config, args.seed, dtype=dtype)
     import weights  # the loaders sit a layer above the spec
 
-    config, params = weights.load(args.weights or args.model)
+    config, params = weights.load(checked_weights(args.weights) if args.weights else args.model)
     return config, ref_numpy.cast_params(params, dtype)
 
 
@@ -43,7 +43,7 @@ def load_tokenizer(args) -> ref_numpy.Tokenizer:
     fetched --model NAME) if it holds tokenizer files."""
     if args.vocab:
         return ref_numpy.Tokenizer.from_dir(args.vocab)
-    folder = args.weights
+    folder = checked_weights(args.weights) if args.weights else None
     if folder is None and args.model and not args.random_init:
         import weights
 
@@ -54,6 +54,15 @@ def load_tokenizer(args) -> ref_numpy.Tokenizer:
         return ref_numpy.Tokenizer.from_dir(folder)
     except FileNotFoundError as error:
         raise ValueError(f"--prompt needs a tokenizer: pass --vocab DIR ({error})") from None
+
+
+def checked_weights(folder, argument: str = "--weights"):
+    """--weights DIR after checking it: it exists, and a checkpoint of `gptspec train/finetune`
+    matches the sha256 of each file its train_state.json records (a damaged file is an error
+    naming it, not a silently different model)."""
+    from gptspec.training.checkpoint import verified_checkpoint
+
+    return verified_checkpoint(folder, argument)
 
 
 def check_tokenizer_fits(tokenizer: ref_numpy.Tokenizer, config: ref_numpy.GPTConfig) -> None:

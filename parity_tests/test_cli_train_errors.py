@@ -100,7 +100,7 @@ def test_bad_options(tmp_path, capsys, text_file, extra, message):
 def test_model_options_that_do_not_fit(tmp_path, capsys, text_file):
     base = ["--data", text_file, "--out", str(tmp_path / "run"), "--backend", "numpy"]
     fails(capsys, [*base, "--config", "gpt2"], "--config (a new model) needs a tokenizer")
-    fails(capsys, [*base, "--config", "gpt2", "--train-tokenizer", "100"], "n_vocab must be an integer >= 257")
+    fails(capsys, [*base, "--config", "gpt2", "--train-tokenizer", "100"], "--train-tokenizer 100 is too small")
     fails(capsys, [*base, "--weights", str(tmp_path), "--n-layer", "2"], "--n-layer only apply to --config")
 
 

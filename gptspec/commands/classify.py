@@ -23,13 +23,11 @@ def register(subparsers):
 
 def run(args) -> int:
     from gptspec.commands.finetune import classify_texts
+    from gptspec.training.data import read_text_file
 
     texts = list(args.texts)
     if args.file:
-        path = Path(args.file)
-        if not path.is_file():
-            raise ValueError(f"--file {path} does not exist")
-        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts += [line for line in read_text_file(Path(args.file), "--file").splitlines() if line.strip()]
     if not texts:
         raise ValueError("give texts to classify as arguments or with --file FILE")
     results, notes = classify_texts(args.weights, texts)

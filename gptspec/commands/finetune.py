@@ -82,16 +82,10 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    import ref_numpy
     from gptspec.training import setup
-    from gptspec.training.backends import Hyper
     from gptspec.training.checkpoint import RunFolder
-    from gptspec.training.classify_backend import load_classifier
-    from gptspec.training.classify_data import encode_task, longest_row, read_task_rows, special_ids, task_labels
-    from gptspec.training.data import BatchOrder, Document
-    from gptspec.training.loop import Interrupted, LoopOptions, run_loop
+    from gptspec.training.loop import guarded
 
-    say = print
     rank, world_size = distributed_rank()
     opts, free = resolve_options(args, RUN_DEFAULTS, FREE_DEFAULTS, {}, {})
     out = args.resume or args.out
@@ -100,24 +94,37 @@ def run(args) -> int:
     check_numbers({**opts, "valid_fraction": 0}, free)
     if opts["lm_coef"] < 0:
         raise ValueError(f"--lm-coef must be >= 0, got {opts['lm_coef']}")
-    task = opts["task"]
     if opts["backend"] is None:
-        opts["backend"] = setup.default_backend() if task in MINDSPORE_TASKS else "numpy"
+        opts["backend"] = setup.default_backend() if opts["task"] in MINDSPORE_TASKS else "numpy"
     check_backend_options(opts)
+    folder = RunFolder(out)
+    with setup.run_folder_session(folder, args, writer=rank == 0) as session:
+        prepared = prepare(args, opts, free, folder, session)
+        return guarded("finetune", folder, lambda: finetune_and_report(args, opts, free, folder, prepared))
+
+
+def prepare(args, opts, free, folder, session) -> dict:
+    """The rows, the model and head, the backend, every check done; then the run folder started or resumed."""
+    import ref_numpy
+    from gptspec.training import setup
+    from gptspec.training.backends import Hyper
+    from gptspec.training.classify_backend import load_classifier
+    from gptspec.training.classify_data import encode_task, longest_row, read_task_rows, special_ids, task_labels
+    from gptspec.training.data import Document
+
+    say, task = print, opts["task"]
     train_rows = read_task_rows(task, opts["data"], opts, argument="--data")
     valid_rows = read_task_rows(task, opts["valid"], opts, argument="--valid") if opts["valid"] else None
     labels = task_labels(task, train_rows)
-    folder = RunFolder(out)
-    start_state = None
+    setup.warn_about_files("finetune", opts)
+    start_state = checkpoint = None
     if args.resume:
-        checkpoint, start_state, note = folder.latest()
-        if note:
-            say(note)
+        checkpoint, start_state = session.resume_point()
         config, params, head, saved = load_classifier(checkpoint)
         tokenizer = ref_numpy.Tokenizer.from_dir(checkpoint)
         special = saved["special_tokens"]
         if saved.get("task", "classify") != task:
-            raise ValueError(f"--resume {out}: the checkpoint was fine-tuned for --task {saved.get('task')}, "
+            raise ValueError(f"--resume {folder.path}: the checkpoint was fine-tuned for --task {saved.get('task')}, "
                              f"not {task}")
     else:
         config, params, tokenizer = setup.build_model(opts, [Document("\n".join(t)) for t, _, _ in train_rows], say)
@@ -142,17 +149,27 @@ def run(args) -> int:
     if opts["warmup"] > opts["steps"]:
         raise ValueError(f"--warmup {opts['warmup']} is longer than the run ({opts['steps']} steps)")
     identity = {"options": opts, "free": free, "config": config.to_dict(), "labels": labels}
-    if args.resume:
-        if folder.identity()["config"] != identity["config"]:
-            raise ValueError(f"--resume {out}: the checkpoint's config is not the run's")
-    elif rank == 0:
-        folder.start(identity, overwrite=bool(args.overwrite))
+    if args.resume and folder.identity()["config"] != identity["config"]:
+        raise ValueError(f"--resume {folder.path}: the checkpoint's config is not the run's")
     hyper = Hyper(lr=opts["lr"], total_steps=opts["steps"], warmup_steps=opts["warmup"], min_lr=opts["min_lr"],
                   schedule=opts["schedule"], weight_decay=opts["weight_decay"],
                   max_grad_norm=opts["max_grad_norm"] or None, dropout=opts["dropout"], seed=opts["seed"])
     backend = make_classifier_backend(opts, config, params, head, hyper, labels=labels, special=special)
+    session.begin(identity, checkpoint)      # the first write: every check above has passed
+    return dict(config=config, tokenizer=tokenizer, train=train, valid=valid, labels=labels, backend=backend,
+                checkpoint=checkpoint, start_state=start_state, steps_per_epoch=steps_per_epoch)
+
+
+def finetune_and_report(args, opts, free, folder, prepared) -> int:
+    from gptspec.training import setup
+    from gptspec.training.data import BatchOrder
+    from gptspec.training.loop import LoopOptions, run_loop
+
+    say = print
+    backend, train, valid, start_state = prepared["backend"], prepared["train"], prepared["valid"], prepared["start_state"]
+    config, labels, task = prepared["config"], prepared["labels"], opts["task"]
     if start_state is not None:
-        backend.read_files(checkpoint)
+        backend.read_files(prepared["checkpoint"])
         order = BatchOrder.from_state(start_state["data"])
     else:
         order = BatchOrder(len(train), opts["seed"])
@@ -160,19 +177,15 @@ def run(args) -> int:
     say(f"fine-tuning {config.arch} ({config.n_layer} layers) for {task} on {len(train)} examples, {what}, "
         f"{opts['steps']} steps of {opts['batch_size']}, backend {backend.name}")
 
-    save = setup.checkpoint_writer(folder, backend, tokenizer, order)
+    save = setup.checkpoint_writer(folder, backend, prepared["tokenizer"], order)
 
     options = LoopOptions(total_steps=opts["steps"], batch_size=opts["batch_size"], grad_accum=opts["grad_accum"],
-                          eval_every=free["eval_every"] or steps_per_epoch, save_every=free["save_every"],
+                          eval_every=free["eval_every"] or prepared["steps_per_epoch"], save_every=free["save_every"],
                           progress=args.progress if args.progress is not None else sys.stderr.isatty(),
-                          rank=rank, world_size=world_size, keep_best="valid_accuracy" if valid else None)
-    try:
-        summary = run_loop(backend, train, valid, order, options, folder,
-                           start_step=start_state["step"] if start_state else 0, save=save, say=say)
-    except Interrupted as stop:
-        print(f"gptspec finetune: {stop}", file=sys.stderr)
-        return 130
-    say(f"fine-tuned to step {summary['steps']} in {summary['seconds']:.1f} s; latest checkpoint in {out}")
+                          keep_best="valid_accuracy" if valid else None)
+    summary = run_loop(backend, train, valid, order, options, folder,
+                       start_step=start_state["step"] if start_state else 0, save=save, say=say)
+    say(f"fine-tuned to step {summary['steps']} in {summary['seconds']:.1f} s; latest checkpoint in {folder.path}")
     if summary["before"] and summary["after"]:
         say(f"held-out accuracy: {summary['before']['valid_accuracy']:.3f} before, "
             f"{summary['after']['valid_accuracy']:.3f} after")

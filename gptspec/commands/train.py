@@ -34,6 +34,7 @@ DEMO = dict(demo=True, config="gpt2", n_layer=4, n_embd=128, n_head=4, n_ctx=128
             dropout=0.0, backend="numpy")
 DEMO_FREE = dict(eval_every=50, save_every=100)
 DEMO_PROMPTS = ("The for statement", "A class definition")
+MIN_BPE_VOCAB = 257     # a byte-level BPE: the 256 bytes and <|endoftext|>, before any merge
 
 
 def register(subparsers):
@@ -107,6 +108,10 @@ def resolve_options(args, run_defaults=RUN_DEFAULTS, free_defaults=FREE_DEFAULTS
         from gptspec.training.checkpoint import RunFolder
 
         stored = RunFolder(args.resume).identity()
+        command = "finetune" if "labels" in stored else "train"
+        if not isinstance(stored.get("options"), dict) or set(run_defaults) - set(stored["options"]):
+            raise ValueError(f"--resume {args.resume} is a `gptspec {command}` run, not one of this command: "
+                             f"continue it with `gptspec {command} --resume {args.resume}`")
         opts, free = stored["options"], {**stored["free"], **free_given}
         changed = [f"--{k.replace('_', '-')} {v!r} (the run has {opts.get(k)!r})" for k, v in given.items()
                    if opts.get(k) != v and not (k == "demo" and v)]
@@ -130,8 +135,14 @@ def check_numbers(opts: dict, free: dict) -> None:
         if value is None or value <= 0:
             raise ValueError(f"--{name} must be a positive number, got {value}")
 
+    for name, value in {**opts, **free}.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     for name in ("batch_size", "grad_accum", "steps", "epochs", "seq_len", "train_tokenizer", "lr"):
         positive(name.replace("_", "-"), opts.get(name))
+    if opts.get("train_tokenizer") is not None and opts["train_tokenizer"] < MIN_BPE_VOCAB:
+        raise ValueError(f"--train-tokenizer {opts['train_tokenizer']} is too small: a byte-level BPE holds the "
+                         f"256 bytes and <|endoftext|>, so give --train-tokenizer {MIN_BPE_VOCAB} or more")
     for name, value in free.items():
         positive(name.replace("_", "-"), value)
     if opts["steps"] is not None and opts["epochs"] is not None:
@@ -141,6 +152,9 @@ def check_numbers(opts: dict, free: dict) -> None:
     for name in ("min_lr", "weight_decay", "warmup", "max_grad_norm"):
         if opts[name] < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {opts[name]}")
+    if opts["min_lr"] > opts["lr"]:
+        raise ValueError(f"--min-lr {opts['min_lr']} must not exceed --lr {opts['lr']} (the schedule decays "
+                         f"from --lr down to --min-lr)")
     if not 0 <= opts.get("dropout", 0) < 1:
         raise ValueError(f"--dropout must be in [0, 1), got {opts['dropout']}")
     if not 0 <= opts.get("valid_fraction", 0) < 1:
@@ -188,12 +202,9 @@ def data_parallel(backend, opts: dict, rank: int, world_size: int):
 
 def run(args) -> int:
     from gptspec.training import setup
-    from gptspec.training.backends import Hyper
-    from gptspec.training.checkpoint import PLOT_FILE, RunFolder
-    from gptspec.training.data import BatchOrder
-    from gptspec.training.loop import Interrupted, LoopOptions, plot_losses, run_loop
+    from gptspec.training.checkpoint import RunFolder
+    from gptspec.training.loop import guarded
 
-    say = print
     rank, world_size = data_parallel_rank()
     opts, free = resolve_options(args)
     out = args.resume or args.out or ("gptspec-demo" if opts["demo"] else None)
@@ -202,15 +213,28 @@ def run(args) -> int:
     if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise ValueError("--resume DIR continues in DIR itself; leave out --out")
     check_numbers(opts, free)
+    if opts["backend"] is None:
+        opts["backend"] = setup.default_backend()
+    setup.check_amp_backend(opts)
     folder = RunFolder(out)
-    start_state = None
+    with setup.run_folder_session(folder, args, writer=rank == 0) as session:
+        prepared = prepare(args, opts, free, folder, session, rank, world_size)
+        return guarded("train", folder, lambda: train_and_report(args, opts, free, folder, prepared, rank, world_size))
+
+
+def prepare(args, opts, free, folder, session, rank, world_size) -> dict:
+    """Everything the run needs, every check done; then (rank 0) the run folder started or resumed."""
+    from gptspec.training import setup
+    from gptspec.training.backends import Hyper
+
+    say = print
+    start_state = checkpoint = None
     if args.resume:
-        checkpoint, start_state, note = folder.latest()
-        if note:
-            say(note)
+        checkpoint, start_state = session.resume_point()
         resumed = dict(opts, model=None, config=None, weights=str(checkpoint), vocab=str(checkpoint),
                        train_tokenizer=None, n_layer=None, n_embd=None, n_head=None, n_ctx=None)
     train_docs, valid_docs = setup.load_documents(opts)
+    setup.warn_about_files("train", opts)
     config, params, tokenizer = setup.build_model(resumed if args.resume else opts, train_docs, say)
     if opts["seq_len"] is None:
         opts["seq_len"] = min(1024, config.n_ctx)
@@ -219,8 +243,6 @@ def run(args) -> int:
     train, valid, notes = setup.build_windows(opts, config, tokenizer, train_docs, valid_docs)
     for note in notes:
         say(note)
-    if opts["backend"] is None:
-        opts["backend"] = setup.default_backend()
     if opts["steps"] is None:
         opts["steps"] = max(1, math.ceil((opts["epochs"] or 1) * len(train) / opts["batch_size"]))
     if opts["warmup"] > opts["steps"]:
@@ -230,20 +252,33 @@ def run(args) -> int:
     if args.resume:
         stored = folder.identity()
         if stored["config"] != identity["config"]:
-            raise ValueError(f"--resume {out}: the checkpoint's config {config} is not the run's {stored['config']}")
+            raise ValueError(f"--resume {folder.path}: the checkpoint's config {config} is not the run's "
+                             f"{stored['config']}")
         if stored["data_sha256"] != identity["data_sha256"]:
-            raise ValueError(f"--resume {out}: the data files changed since the run began (their token windows "
-                             f"differ); a resumed run must see the same data")
-    elif rank == 0:
-        folder.start(identity, overwrite=bool(args.overwrite))
+            raise ValueError(f"--resume {folder.path}: the data files changed since the run began (their token "
+                             f"windows differ); a resumed run must see the same data")
     hyper = Hyper(lr=opts["lr"], total_steps=opts["steps"], warmup_steps=opts["warmup"], min_lr=opts["min_lr"],
                   schedule=opts["schedule"], weight_decay=opts["weight_decay"],
                   max_grad_norm=opts["max_grad_norm"] or None, dropout=opts["dropout"], seed=opts["seed"])
     backend = data_parallel(setup.make_backend(opts, config, params, hyper), opts, rank, world_size)
+    session.begin(identity, checkpoint)      # the first write: every check above has passed
+    return dict(config=config, tokenizer=tokenizer, train=train, valid=valid, backend=backend,
+                checkpoint=checkpoint, start_state=start_state)
+
+
+def train_and_report(args, opts, free, folder, prepared, rank, world_size) -> int:
+    from gptspec.training import setup
+    from gptspec.training.checkpoint import PLOT_FILE
+    from gptspec.training.data import BatchOrder
+    from gptspec.training.loop import LoopOptions, plot_losses, run_loop
+
+    say = print
+    backend, train, start_state = prepared["backend"], prepared["train"], prepared["start_state"]
+    config, tokenizer = prepared["config"], prepared["tokenizer"]
     if start_state is not None:
-        backend.read_files(checkpoint)
+        backend.read_files(prepared["checkpoint"])
         order = BatchOrder.from_state(start_state["data"])
-        say(f"resuming {out} at step {start_state['step']} of {opts['steps']}")
+        say(f"resuming {folder.path} at step {start_state['step']} of {opts['steps']}")
     else:
         order = BatchOrder(len(train), opts["seed"])
     say(f"training {config.arch} ({config.n_layer} layers, n_embd {config.n_embd}, n_vocab {config.n_vocab}) "
@@ -258,30 +293,34 @@ def run(args) -> int:
                           rank=rank, world_size=world_size)
     if world_size > 1:
         options.any_rank = backend.trainer.any_rank
-    try:
-        summary = run_loop(backend, train, valid, order, options, folder,
-                           start_step=start_state["step"] if start_state else 0, save=save, say=say)
-    except Interrupted as stop:
-        print(f"gptspec train: {stop}", file=sys.stderr)
-        return 130
+    summary = run_loop(backend, train, prepared["valid"], order, options, folder,
+                       start_step=start_state["step"] if start_state else 0, save=save, say=say)
     if rank != 0:       # data parallel: the other ranks hold the same model and write nothing
         return 0
-    report(summary, folder, opts, say)
     if plot_losses(folder.path / "log.jsonl", folder.path / PLOT_FILE) is None:
         say("loss.png not drawn: matplotlib is not installed (pip install 'gptspec[plot]')")
+    report(summary, folder, opts, say)
     if opts["demo"]:
         demo_samples(config, backend.params_numpy(), tokenizer, opts["seed"], say)
     return 0
 
 
 def report(summary: dict, folder, opts: dict, say) -> None:
+    from gptspec.training.backends import LOG_FLOAT_MAX
+    from gptspec.training.checkpoint import checkpoint_problem
+    from gptspec.training.loop import perplexity_text
+
+    problem = checkpoint_problem(folder.path)
+    where = f"latest checkpoint in {folder.path}" if problem is None else f"but {folder.path} is damaged: {problem}"
+    say(f"trained to step {summary['steps']} in {summary['seconds']:.1f} s; {where}")
     before, after = [summary[k] and summary[k]["valid_loss"] for k in ("before", "after")]
-    say(f"trained to step {summary['steps']} in {summary['seconds']:.1f} s; latest checkpoint in {folder.path}")
     if before is not None and after is not None:
-        say(f"held-out perplexity: {math.exp(before):.2f} before, {math.exp(after):.2f} after "
+        say(f"held-out perplexity: {perplexity_text(before)} before, {perplexity_text(after)} after "
             f"(loss {before:.4f} -> {after:.4f} nats/token)")
     elif after is not None:
-        say(f"held-out perplexity: {math.exp(after):.2f} (loss {after:.4f} nats/token)")
+        say(f"held-out perplexity: {perplexity_text(after)} (loss {after:.4f} nats/token)")
+    if after is not None and not after < LOG_FLOAT_MAX:
+        say("the held-out loss exploded: the run diverged; lower --lr, or clip with --max-grad-norm")
 
 
 def demo_samples(config, params, tokenizer, seed: int, say) -> None:

@@ -27,6 +27,7 @@ from .data import IGNORE_INDEX
 
 OPTIMIZER_FILE = "optimizer.npz"        # arrays of the optimizer state
 OPTIMIZER_LAYOUT = "optimizer.json"     # its structure and scalars
+LOG_FLOAT_MAX = math.log(np.finfo(np.float64).max)     # exp of more overflows: perplexity inf
 
 
 @dataclass
@@ -71,7 +72,7 @@ def lm_metrics(eval_loss, windows, batch_rows: int) -> dict:
         loss_sum, n = eval_loss(*windows.rows(slice(start, start + batch_rows)))
         total, count = total + loss_sum, count + n
     loss = total / count if count else float("nan")
-    return {"valid_loss": loss, "valid_perplexity": math.exp(min(loss, 700.0))}
+    return {"valid_loss": loss, "valid_perplexity": math.exp(loss) if loss < LOG_FLOAT_MAX else math.inf}
 
 
 def dropout_seed(seed: int, step: int, micro: int) -> int:

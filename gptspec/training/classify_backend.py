@@ -11,6 +11,7 @@ metrics: the classification loss and the accuracy.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -154,16 +155,29 @@ class NumpyClassifierBackend(ClassifierBackend):
 def load_classifier(folder) -> tuple:
     """(config, params, head, {"labels", "special_tokens", "lm_coef"}) of a fine-tuned checkpoint."""
     import weights
+    from gptspec.common import checked_weights
 
-    folder = Path(folder)
+    if not Path(folder).is_dir():
+        raise ValueError(f"--weights {folder} does not exist" if not Path(folder).exists() else
+                         f"--weights {folder} is a file; give the fine-tuning run's folder")
+    folder = checked_weights(Path(folder))
     for name in (HEAD_FILE, LABELS_FILE):
         if not (folder / name).is_file():
             raise ValueError(f"{folder} is not a fine-tuned classifier: {name} is missing (make one with "
                              f"`gptspec finetune`)")
     config, params = weights.load(folder)
-    with np.load(folder / HEAD_FILE, allow_pickle=False) as stored:
-        head = {name: stored[name] for name in stored.files}
-    return config, params, head, json.loads((folder / LABELS_FILE).read_text(encoding="utf-8"))
+    try:
+        with np.load(folder / HEAD_FILE, allow_pickle=False) as stored:
+            head = {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{folder / HEAD_FILE} is damaged ({type(error).__name__}: {error})") from None
+    try:
+        saved = json.loads((folder / LABELS_FILE).read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or not {"labels", "special_tokens"} <= set(saved):
+            raise ValueError("no 'labels' and 'special_tokens' in it")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{folder / LABELS_FILE} is damaged ({error})") from None
+    return config, params, head, saved
 
 
 def _add_scaled(total, grads, share):

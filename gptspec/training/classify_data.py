@@ -47,16 +47,19 @@ class ClassifyRows:
 TASK_COLUMNS = {"classify": ("text",), "entail": ("premise", "hypothesis")}
 
 
-def read_rows(paths, *, columns: tuple[str, ...], argument: str = "--data") -> list[tuple[tuple, str, str]]:
+def read_rows(paths, *, columns: tuple[str, ...], argument: str = "--data",
+              options: tuple[str, ...] = ("--text-column", "--label-column")) -> list[tuple[tuple, str, str]]:
     """(texts, label, where) of every row of .jsonl or .csv files; `columns` = the text columns
-    (one for classify, premise and hypothesis for entail), then the label column."""
+    (one for classify, premise and hypothesis for entail), then the label column; `options` the
+    command-line options that name them (said when a column is missing)."""
+    hint = f"name the columns with {' / '.join(options)}"
     from .data import read_text_file
 
     rows = []
     for path in map(Path, paths):
         text = read_text_file(path, argument)
         if path.suffix == ".csv":
-            records = _csv_records(path, text, columns, argument)
+            records = _csv_records(path, text, columns, argument, hint)
         elif path.suffix == ".jsonl":
             records = _jsonl_records(path, text, argument)
         else:
@@ -65,8 +68,7 @@ def read_rows(paths, *, columns: tuple[str, ...], argument: str = "--data") -> l
         for where, record in records:
             for column in columns:
                 if column not in record:
-                    raise ValueError(f"{argument}: {where}: no {column!r} column (it has {sorted(record)}); "
-                                     f"name the columns with --text-column / --label-column")
+                    raise ValueError(f"{argument}: {where}: no {column!r} column (it has {sorted(record)}); {hint}")
             texts, label = tuple(record[c] for c in columns[:-1]), record[columns[-1]]
             for column, value in zip(columns, texts):
                 if not isinstance(value, str):
@@ -80,12 +82,11 @@ def read_rows(paths, *, columns: tuple[str, ...], argument: str = "--data") -> l
     return rows
 
 
-def _csv_records(path, text, columns, argument):
+def _csv_records(path, text, columns, argument, hint):
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in columns if c not in (reader.fieldnames or [])]
     if missing:
-        raise ValueError(f"{argument}: {path} has no column {missing[0]!r} (its header: {reader.fieldnames}); "
-                         f"name the columns with --text-column / --label-column")
+        raise ValueError(f"{argument}: {path} has no column {missing[0]!r} (its header: {reader.fieldnames}); {hint}")
     return [(f"{path} line {reader.line_num}", record) for record in reader]
 
 
@@ -229,7 +230,8 @@ def read_choice_rows(paths, *, context_column: str, answers_column: str, label_c
                 raise ValueError(f"{argument}: {path} has no answer columns {answers_column}_0, {answers_column}_1 "
                                  f"(its header: {header}); name them with --answers-column")
             records = [(where, {**record, answers_column: [record[c] for c in answer_columns]})
-                       for where, record in _csv_records(path, text, (context_column, label_column), argument)]
+                       for where, record in _csv_records(path, text, (context_column, label_column), argument,
+                                                            "name the columns with --context-column / --label-column")]
         elif path.suffix == ".jsonl":
             records = _jsonl_records(path, text, argument)
         else:
@@ -310,7 +312,10 @@ def read_task_rows(task: str, paths, opts: dict, *, argument: str) -> list[tuple
     columns = {"classify": (opts["text_column"] or "text",),
                "entail": (opts["premise_column"], opts["hypothesis_column"]),
                "similar": (opts["text_a_column"], opts["text_b_column"])}[task]
-    return read_rows(paths, columns=(*columns, opts["label_column"]), argument=argument)
+    options = {"classify": ("--text-column",), "entail": ("--premise-column", "--hypothesis-column"),
+               "similar": ("--text-a-column", "--text-b-column")}[task]
+    return read_rows(paths, columns=(*columns, opts["label_column"]), argument=argument,
+                     options=(*options, "--label-column"))
 
 
 def task_labels(task: str, rows) -> list[str]:

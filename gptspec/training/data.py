@@ -83,9 +83,38 @@ def read_text_file(path: Path, argument: str) -> str:
         raise ValueError(f"{argument}: {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:
         raise ValueError(f"{argument}: cannot read {path} ({error.strerror})") from None
+    text = text.removeprefix("\ufeff")     # a byte-order mark (Excel's "CSV UTF-8") is not text
     if not text.strip():
         raise ValueError(f"{argument}: {path} is empty")
     return text
+
+
+def file_warnings(data, valid=None) -> list[str]:
+    """What passes the checks but is most likely a mistake, said once each: a --data file given
+    twice (same contents: its rows count twice), --valid files that are --data files (the held-out
+    score is then a training score), a file holding NUL bytes (binary data, not text)."""
+    import hashlib
+
+    warnings, seen = [], {}
+    for argument, paths in (("--data", data or []), ("--valid", valid or [])):
+        for path in map(Path, paths):
+            try:
+                content = path.read_bytes()
+            except OSError:
+                continue        # read_text_file says why
+            digest = hashlib.sha256(content).hexdigest()
+            if digest in seen:
+                first_argument, first = seen[digest]
+                what = ("its rows count twice in training" if argument == first_argument == "--data" else
+                        "held-out rows are training rows, so the held-out score measures training"
+                        if argument != first_argument else "its rows count twice")
+                warnings.append(f"{argument} {path} has the same contents as {first_argument} {first}: {what}")
+            else:
+                seen[digest] = (argument, path)
+            nul = content.count(0)
+            if nul:
+                warnings.append(f"{argument} {path} holds {nul} NUL bytes of {len(content)}: binary data, not text?")
+    return warnings
 
 
 def _blank_lines(text: str) -> list[str]:

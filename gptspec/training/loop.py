@@ -58,6 +58,35 @@ def describe(step: int, metrics: dict) -> str:
     return f"step {step}: " + ", ".join(f"{names.get(k, k)} {v:.4f}" for k, v in metrics.items())
 
 
+def perplexity_text(loss: float) -> str:
+    """exp(loss) with 2 decimals, or 'inf (overflow)' for a loss beyond float64 (a diverged run)."""
+    try:
+        return f"{math.exp(loss):.2f}"
+    except OverflowError:
+        return "inf (overflow)"
+
+
+def guarded(command: str, folder: RunFolder, body: Callable[[], int]) -> int:
+    """body()'s exit status. Ctrl-C (after saving) -> 130 with the resume hint; a second Ctrl-C (no
+    save) -> 130 with one line saying what DIR keeps. Any failure before the new run's first
+    checkpoint undoes its start (RunFolder.abandon_if_unsaved), so nothing is lost or left behind."""
+    try:
+        return body()
+    except Interrupted as stop:
+        print(f"gptspec {command}: {stop}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        folder.abandon_if_unsaved()
+        kept = folder.latest_step()
+        print(f"gptspec {command}: aborted by a second Ctrl-C without saving this step; " +
+              (f"{folder.path} keeps step {kept}: continue with --resume {folder.path}" if kept is not None
+               else f"no checkpoint was saved in {folder.path}"), file=sys.stderr)
+        return 130
+    except BaseException:
+        folder.abandon_if_unsaved()
+        raise
+
+
 class StopOnSigint:
     """While active, the first Ctrl-C (SIGINT) or SIGTERM only sets `requested` (the loop saves and
     stops after the current step); a second one raises KeyboardInterrupt as usual.
@@ -134,7 +163,8 @@ def run_loop(backend, train, valid, order: BatchOrder, options: LoopOptions,
             if result.skipped:
                 row["skipped"] = True
             if not math.isfinite(result.loss) and not result.skipped:
-                raise FloatingPointError(f"step {step}: the loss is {result.loss}; lower --lr or use --max-grad-norm")
+                raise ValueError(f"step {step}: the loss is {result.loss} (the run diverged); lower --lr or use "
+                                 f"--max-grad-norm")
             last = step == options.total_steps
             if valid is not None and len(valid) and options.eval_every and (step % options.eval_every == 0 or last):
                 metrics = backend.evaluate(valid, micro_rows)

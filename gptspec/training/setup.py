@@ -6,6 +6,7 @@ them), so a resumed run rebuilds exactly what the first one built.
 from __future__ import annotations
 
 import hashlib
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,16 @@ def demo_documents() -> tuple[list[Document], list[Document]]:
     names = sorted(topics)
     docs = [Document(topics[name], source=f"{DEMO_SOURCE}[{name!r}]") for name in names]
     return [d for i, d in enumerate(docs) if i % 10 != 5], [d for i, d in enumerate(docs) if i % 10 == 5]
+
+
+def warn_about_files(command: str, opts: dict) -> None:
+    """data.file_warnings on --data and --valid, one stderr line each."""
+    import sys
+
+    from .data import file_warnings
+
+    for warning in file_warnings(opts.get("data"), opts.get("valid")):
+        print(f"gptspec {command}: warning: {warning}", file=sys.stderr)
 
 
 def load_documents(opts: dict) -> tuple[list[Document], list[Document] | None]:
@@ -51,7 +62,10 @@ def build_model(opts: dict, documents: list[Document], say) -> tuple[ref_numpy.G
             raise ValueError(f"{', '.join(given)} only apply to --config (a new model); a loaded model keeps its sizes "
                              f"and vocabulary")
         import weights
+        from gptspec.common import checked_weights
 
+        if opts["weights"]:
+            checked_weights(opts["weights"])
         config, params = weights.load(opts["model"] or opts["weights"])
         tokenizer = _tokenizer_for(opts, weights.cache.resolve(opts["model"] or opts["weights"]))
     else:
@@ -170,3 +184,50 @@ def make_backend(opts: dict, config, params, hyper):
     from .ms_backend_adapter import MindSporeBackend
 
     return MindSporeBackend(config, params, hyper, amp_level=opts["amp"])
+
+
+# -- the run folder -------------------------------------------------------------------------------
+class RunSession:
+    """The run folder's side of `train` and `finetune`: with --resume the folder is locked first
+    and its newest complete checkpoint found; a new run only checks --out at first, and locks and
+    starts the folder in `begin`, once every option and file has been checked. Only the writing
+    rank (rank 0) locks and writes."""
+
+    def __init__(self, folder, args, writer: bool, stack: ExitStack, say):
+        self.folder, self.args, self.writer, self.stack, self.say = folder, args, writer, stack, say
+
+    def resume_point(self):
+        """(checkpoint folder, its train_state) to resume from: DIR, or its newest intact checkpoints/step-N."""
+        checkpoint, state, note = self.folder.latest()
+        if note:
+            self.say(note)
+        return checkpoint, state
+
+    def begin(self, identity: dict, checkpoint) -> None:
+        """The first write. A resumed run whose DIR copy was damaged gets it back from `checkpoint`
+        (so DIR holds the latest checkpoint again); a new run locks and starts DIR."""
+        if not self.writer:
+            return
+        if self.args.resume:
+            if checkpoint != self.folder.path:
+                self.folder.repair_from(checkpoint)
+                self.say(f"copied {checkpoint} back into {self.folder.path}")
+            return
+        self.stack.enter_context(self.folder.locked("--out", self.say))
+        try:
+            self.folder.start(identity, overwrite=bool(self.args.overwrite))
+        except BaseException:
+            self.folder.abandon_if_unsaved()
+            raise
+
+
+@contextmanager
+def run_folder_session(folder, args, *, writer: bool, say=print):
+    """A RunSession for the command's body; the lock (if taken) is released at the end."""
+    with ExitStack() as stack:
+        if writer and args.resume:
+            folder.identity()       # a clear error for a folder that is no run, before creating .lock in it
+            stack.enter_context(folder.locked("--resume", say))
+        elif writer:
+            folder.check_start(overwrite=bool(args.overwrite))
+        yield RunSession(folder, args, writer, stack, say)

@@ -14,6 +14,15 @@ from mindspore import ops
 DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 
 
+def overwrite(parameter, value, dtype) -> None:
+    """Write `value` (NumPy or a number) into `parameter` in place.  Parameter.set_data swaps the
+    Parameter's tensor for a new one, and a graph compiled before (mindspore.jit) keeps reading
+    the old one: a Trainer resumed after its first step would silently go on from its own
+    weights.  ops.assign writes the memory the graph reads (checked: a loss scale restored to
+    2^100 after a compiled step overflows that step only with assign)."""
+    ops.assign(parameter, ms.Tensor(np.asarray(value), dtype))
+
+
 def device_target() -> str:
     """The device MindSpore runs on: "CPU", "GPU" or "Ascend"."""
     return ms.get_context("device_target")

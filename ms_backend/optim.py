@@ -17,6 +17,8 @@ import numpy as np
 from mindspore import ops
 from mindspore.experimental.optim import AdamW
 
+from .device import overwrite
+
 # torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing (no division by zero).
 CLIP_EPSILON = 1e-6
 
@@ -103,6 +105,6 @@ def optimizer_state(optimizer: AdamW, names: dict) -> dict:
 def restore_optimizer_state(optimizer: AdamW, names: dict, state: dict) -> None:
     """Inverse of optimizer_state (shapes were checked by the caller)."""
     for p, m, v in zip(optimizer.parameters, optimizer.exp_avg, optimizer.exp_avg_sq):
-        m.set_data(ms.Tensor(state["m"][names[p.name]], ms.float32))
-        v.set_data(ms.Tensor(state["v"][names[p.name]], ms.float32))
-    optimizer.state_step.set_data(ms.Tensor(int(state["step"]), ms.int32))
+        overwrite(m, state["m"][names[p.name]], ms.float32)
+        overwrite(v, state["v"][names[p.name]], ms.float32)
+    overwrite(optimizer.state_step, int(state["step"]), ms.int32)

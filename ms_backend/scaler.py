@@ -21,7 +21,8 @@ import numbers
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor
+
+from .device import overwrite
 
 LOSS_SCALE_KINDS = ('"dynamic"', "a number >= 1", "None")
 SCALE_FACTOR = 2  # halve on overflow, double after scale_window good steps
@@ -88,9 +89,9 @@ class LossScale:
     def restore(self, state: dict) -> None:
         if self.scaler is None:
             return
-        self.scaler.scale_value.set_data(Tensor(state["scale"], ms.float32))
+        overwrite(self.scaler.scale_value, state["scale"], ms.float32)
         if self.kind == "dynamic":
-            self.scaler.counter.set_data(Tensor(state["counter"], ms.int32))
+            overwrite(self.scaler.counter, state["counter"], ms.int32)
 
 
 def all_finite(grads):

@@ -21,6 +21,7 @@ import numpy as np
 
 from ref_numpy import flatten_params
 
+from .device import overwrite
 from .optim import optimizer_state, restore_optimizer_state
 
 TRAINER_FILE = "ms_trainer.json"
@@ -151,5 +152,5 @@ def restore_into(trainer, folder) -> None:
     if head is not None:
         flat.update({f"head.{key}": value for key, value in head.items()})
     for p in trainer.optimizer.parameters:
-        p.set_data(ms.Tensor(np.asarray(flat[trainer.names[p.name]], np.float32)))
+        overwrite(p, np.asarray(flat[trainer.names[p.name]], np.float32), ms.float32)
     _restore(trainer, meta, moments)

@@ -185,6 +185,27 @@ def test_save_and_load_resume_bit_for_bit(model, tmp_path):
         assert trainer.loss_scale == original.loss_scale
 
 
+def test_resume_into_a_trainer_whose_graph_already_ran(model, tmp_path):
+    """resume() after the compiled step has run: the graph must compute with the restored weights,
+    moments and loss scale (Parameter.set_data swapped the tensors under a compiled graph, which
+    went on from its own state: one lr step off, found by gptspec parity --train's overflow)."""
+    settings = dict(amp_level="O2", mode="graph", lr=1e-2, weight_decay=0.1, max_grad_norm=1.0, scale_window=2)
+    batch = padded_batch(CONFIG, [9, 6], 9, seed=5)
+    original = Trainer(CONFIG, model[0], **settings)
+    original.step(*batch)
+    original.save(tmp_path)
+    reused = Trainer(CONFIG, R.cast_params(model[0], np.float32), **settings)
+    reused.step(*batch)
+    reused.step(*batch)  # its own state now differs from the saved one: weights, moments, scale counter
+    reused.resume(tmp_path)
+    assert [reused.step(*batch) for _ in range(2)] == [original.step(*batch) for _ in range(2)]
+    for name, a in R.flatten_params(original.params_numpy()).items():
+        assert np.array_equal(a, R.flatten_params(reused.params_numpy())[name]), name
+    reused.scaler.restore({"scale": 2.0 ** 100, "counter": 0})  # overflows any float16 gradient
+    result = reused.step(*batch)
+    assert result.skipped and reused.loss_scale == 2.0 ** 99
+
+
 def test_resume_refuses_another_config_or_missing_state(model, tmp_path):
     trainer = Trainer(CONFIG, model[0], mode="pynative")
     trainer.save(tmp_path / "run")

@@ -9,6 +9,8 @@ Options: amp_level "O0".."O3", dtype "float16"/"bfloat16" (the AMP low dtype; O1
 """
 from __future__ import annotations
 
+import gc
+
 import ms_backend
 from ms_backend.amp import record_dtypes
 
@@ -24,7 +26,7 @@ def factory(config, params, *, amp_level="O0", dtype=None, mode="pynative", mode
 class MindSporeBackend:
     """ms_backend as a protocol backend.  Training builds an ms_backend.Trainer from the factory's
     params the first time gradients or an update are asked for (one per set of hyper-parameters:
-    a Trainer's are fixed), at the model's precision and mode."""
+    a Trainer's are fixed; the previous one is dropped), at the model's precision and mode."""
 
     name = "mindspore (gptspec ms_backend)"
 
@@ -61,6 +63,10 @@ class MindSporeBackend:
     def _trainer(self, head=None, lm_coef=0.5, **hyper):
         key = (id(head), lm_coef, tuple(sorted(hyper.items())))
         if key not in self._trainers:
+            # One Trainer at a time: each holds the model, its gradients and AdamW's moments (124M:
+            # ~2 GB), and gptspec asks for gradients, then the classifier, then the update.
+            self._trainers.clear()
+            gc.collect()
             scaling = {} if self.amp_level != "O0" else {"loss_scale": None}
             self._trainers[key] = ms_backend.Trainer(self.config, self.params, amp_level=self.amp_level,
                                                      dtype=self.low_dtype, mode=self.mode, head=head,

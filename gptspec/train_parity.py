@@ -35,7 +35,7 @@ import numpy as np
 import ref_numpy
 from gptspec.backend import OPTIONAL_PARTS, BackendUnderTest
 from gptspec.compare import compare
-from gptspec.parity import reference_layer_norm_condition
+from gptspec.parity import float64_params, reference_layer_norm_condition
 from gptspec.parity_report import Check, ParityReport
 from gptspec.tolerances import (Bound, amp_backward_bound, amp_loss_curve_bound, backward_bound, conditioned,
                                 grad_norm_bound, lm_loss_bound, ms_update_bound, noise_bound)
@@ -82,7 +82,7 @@ def run_train_parity(config, params, backend, prompt, *, head_classes: int | Non
     backend.require("gradients", "gptspec parity --train")
     inputs, targets, mask = training_batch(prompt)
     amp_level, dtype = backend.amp_level, backend.dtype
-    params64 = ref_numpy.cast_params(params, np.float64)
+    params64 = float64_params(params)
     condition = reference_layer_norm_condition(config, params64, inputs, mask)
     n_tokens = inputs.size
     grad_allowed = conditioned(gradient_bound(config, amp_level, dtype, n_tokens), condition)

@@ -125,6 +125,8 @@ def test_train_needs_gradients_and_grads_must_have_the_params_structure(capsys, 
     assert "grads does not have the params dict's structure: missing blocks.0.mlp.c_fc.b" in one_line_error(capsys)
     assert parity(checkpoint, "--backend", "numpy", "--head", "3") == 2
     assert "--head adds the classifier objective to --train" in one_line_error(capsys)
+    assert parity(checkpoint, "--backend", "numpy", "--train", "--head", "1") == 2
+    assert "--head takes the number of classes, an integer >= 2, got 1" in one_line_error(capsys)
     assert parity(checkpoint, "--backend", "numpy", "--train", "--prompt-ids", "1 2 3") == 2
     assert "at least 4 tokens" in one_line_error(capsys)
 

@@ -123,6 +123,8 @@ def run(args) -> int:
         raise ValueError("give either --prompt or --prompt-ids, not both")
     if args.head is not None and not args.train:
         raise ValueError("--head adds the classifier objective to --train's checks: give --train too")
+    if args.head is not None and args.head < 2:
+        raise ValueError(f"--head takes the number of classes, an integer >= 2, got {args.head}")
     options = backend_options(args)
     resolve_model_args(args)
     if args.random_init:  # probe-scale weights: GPT-2's own init would hide an erf GELU (see probe_params)

@@ -37,10 +37,7 @@ class ClassifierBackend:
 
     def probabilities(self, ids, positions, attention_mask=None) -> np.ndarray:
         """[n, n_classes] softmax of the head's logits (choice: [n, K], over each example's answers)."""
-        logits = np.asarray(self.logits(ids, positions, attention_mask), np.float64)
-        logits -= logits.max(axis=-1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=-1, keepdims=True)
+        return probabilities(self.logits(ids, positions, attention_mask))
 
     def evaluate(self, rows, batch_rows: int) -> dict:
         """Held-out classification loss (mean -log p(label)) and accuracy."""
@@ -121,17 +118,7 @@ class NumpyClassifierBackend(ClassifierBackend):
 
     def logits(self, ids, positions, attention_mask):
         """[n, n_classes] (or [n, K] answer scores for choice); shapes as loss_and_grads."""
-        if self.task == "similar":
-            return ref_numpy.similarity_logits(self.config, self.params, self.head, ids[:, 0], ids[:, 1],
-                                               positions[:, 0], positions[:, 1], attention_mask_ab=attention_mask[:, 0],
-                                               attention_mask_ba=attention_mask[:, 1])
-        if self.task == "choice":
-            n, k, length = ids.shape
-            return ref_numpy.choice_logits(self.config, self.params, self.head, ids.reshape(n * k, length),
-                                           positions.reshape(n * k), k,
-                                           attention_mask=attention_mask.reshape(n * k, length))
-        return ref_numpy.classifier_logits(self.config, self.params, self.head, ids, positions,
-                                           attention_mask=attention_mask)
+        return task_logits(self.task, self.config, self.params, self.head, ids, positions, attention_mask)
 
     def params_numpy(self) -> dict:
         return self.params
@@ -150,6 +137,29 @@ class NumpyClassifierBackend(ClassifierBackend):
                 raise ValueError(f"{folder} has no optimizer state ({name} is missing): it cannot be resumed")
         self.params, self.head = params, head
         self.optimizer = load_tree(folder / "optimizer.npz", folder / "optimizer.json")
+
+
+def task_logits(task: str, config, params: dict, head: dict, ids, positions, attention_mask) -> np.ndarray:
+    """The spec's logits of a fine-tuned model for `task`: [n, n_classes], or for choice [n, K] answer
+    scores.  ids, attention_mask [n, L] (classify, entail) or [n, K, L] (similar: K = 2 orders;
+    choice: K = answers); positions [n] or [n, K] (each sequence's classify token)."""
+    if task == "similar":
+        return ref_numpy.similarity_logits(config, params, head, ids[:, 0], ids[:, 1], positions[:, 0],
+                                           positions[:, 1], attention_mask_ab=attention_mask[:, 0],
+                                           attention_mask_ba=attention_mask[:, 1])
+    if task == "choice":
+        n, k, length = ids.shape
+        return ref_numpy.choice_logits(config, params, head, ids.reshape(n * k, length), positions.reshape(n * k), k,
+                                       attention_mask=attention_mask.reshape(n * k, length))
+    return ref_numpy.classifier_logits(config, params, head, ids, positions, attention_mask=attention_mask)
+
+
+def probabilities(logits) -> np.ndarray:
+    """Softmax over the last axis, in float64."""
+    logits = np.asarray(logits, np.float64)
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=-1, keepdims=True)
 
 
 def load_classifier(folder) -> tuple:

@@ -18,7 +18,8 @@ import numpy as np
 
 import ref_numpy
 
-from .backends import Hyper, StepResult, dropout_seed, load_tree, save_tree
+from .backends import (OPTIMIZER_FILE, OPTIMIZER_LAYOUT, Hyper, StepResult, adamw, add_scaled,
+                       check_optimizer_files, clip, dropout_seed, load_tree, save_tree)
 
 HEAD_FILE = "classifier_head.npz"
 LABELS_FILE = "labels.json"
@@ -83,20 +84,13 @@ class NumpyClassifierBackend(ClassifierBackend):
             micro_loss, g, hg = self.loss_and_grads(ids, labels, positions, mask,
                                                     dropout_seed=dropout_seed(self.hyper.seed, step, k))
             loss += share * float(micro_loss)
-            grads = _add_scaled(grads, g, share)
-            head_grads = _add_scaled(head_grads, hg, share)
-        both = {"model": grads, "head": head_grads}
-        if self.hyper.max_grad_norm is not None:
-            both, norm = ref_numpy.clip_grad_norm(both, self.hyper.max_grad_norm)
-        else:
-            norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64)))
-                               for g in ref_numpy.flatten_params(both).values()))
+            grads = add_scaled(grads, g, share)
+            head_grads = add_scaled(head_grads, hg, share)
+        both, norm = clip({"model": grads, "head": head_grads}, self.hyper)
         lr = self.hyper.lr_at(step)
-        settings = dict(lr=lr, betas=self.hyper.betas, eps=self.hyper.eps, weight_decay=self.hyper.weight_decay)
-        self.params, self.optimizer["model"] = ref_numpy.adamw_step(self.params, both["model"],
-                                                                    self.optimizer["model"], **settings)
-        self.head, self.optimizer["head"] = ref_numpy.adamw_step(self.head, both["head"], self.optimizer["head"],
-                                                                 **settings)
+        optimizer, hyper = self.optimizer, self.hyper
+        self.params, optimizer["model"] = adamw(self.params, both["model"], optimizer["model"], hyper, lr)
+        self.head, optimizer["head"] = adamw(self.head, both["head"], optimizer["head"], hyper, lr)
         return StepResult(loss=loss, grad_norm=float(norm), lr=lr)
 
     def loss_and_grads(self, ids, labels, positions, mask, dropout_seed=None):
@@ -128,15 +122,13 @@ class NumpyClassifierBackend(ClassifierBackend):
 
         weights.save(self.params, self.config, folder, format="safetensors")
         self.write_classifier_files(folder, self.head)
-        save_tree(self.optimizer, folder / "optimizer.npz", folder / "optimizer.json")
+        save_tree(self.optimizer, folder / OPTIMIZER_FILE, folder / OPTIMIZER_LAYOUT)
 
     def read_files(self, folder: Path) -> None:
         _, params, head, _ = self.check_resumable(folder)
-        for name in ("optimizer.npz", "optimizer.json"):
-            if not (folder / name).is_file():
-                raise ValueError(f"{folder} has no optimizer state ({name} is missing): it cannot be resumed")
+        check_optimizer_files(folder)
         self.params, self.head = params, head
-        self.optimizer = load_tree(folder / "optimizer.npz", folder / "optimizer.json")
+        self.optimizer = load_tree(folder / OPTIMIZER_FILE, folder / OPTIMIZER_LAYOUT)
 
 
 def task_logits(task: str, config, params: dict, head: dict, ids, positions, attention_mask) -> np.ndarray:
@@ -189,12 +181,3 @@ def load_classifier(folder) -> tuple:
         raise ValueError(f"{folder / LABELS_FILE} is damaged ({error})") from None
     return config, params, head, saved
 
-
-def _add_scaled(total, grads, share):
-    flat = ref_numpy.flatten_params(grads)
-    if total is None:
-        return ref_numpy.unflatten_params({k: g * g.dtype.type(share) for k, g in flat.items()})
-    summed = ref_numpy.flatten_params(total)
-    for k, g in flat.items():
-        summed[k] += g * g.dtype.type(share)
-    return ref_numpy.unflatten_params(summed)

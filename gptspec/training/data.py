@@ -17,7 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100     # ref_numpy.cross_entropy's default ignore_index: no loss on these targets
+
+
+def n_targets(targets) -> int:
+    """How many targets are predicted (not IGNORE_INDEX)."""
+    return int((np.asarray(targets) != IGNORE_INDEX).sum())
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class TokenWindows:
         return self.inputs[index], self.targets[index], mask
 
     def n_targets(self) -> int:
-        return int((self.targets != IGNORE_INDEX).sum())
+        return n_targets(self.targets)
 
     @staticmethod
     def count_tokens(micro_batch) -> int:

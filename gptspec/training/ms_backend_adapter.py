@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Hyper, StepResult, dropout_seed, lm_metrics, n_targets
-from .data import IGNORE_INDEX
+from .backends import Hyper, StepResult, dropout_seed, lm_metrics, token_loss_sum
 
 
 class MindSporeBackend:
@@ -33,13 +32,7 @@ class MindSporeBackend:
         return lm_metrics(self.eval_loss, windows, batch_rows)
 
     def eval_loss(self, inputs, targets, attention_mask=None) -> tuple[float, int]:
-        import ref_numpy
-
-        count = n_targets(targets)
-        if count == 0:
-            return 0.0, 0
-        logits = self._forward(inputs, attention_mask)
-        return float(ref_numpy.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)) * count, count
+        return token_loss_sum(self._forward, inputs, targets, attention_mask)
 
     def _forward(self, inputs, attention_mask):
         # The Trainer's own model (its current float32 master weights, its AMP level), op by op.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from gptspec.training.classify_task import TASKS
+from gptspec.training.options import add_model_arguments
 
 RUN_DEFAULTS = dict(
     task="classify", data=None, valid=None, text_column=None, premise_column="premise",
@@ -44,13 +45,9 @@ def register(subparsers):
     parser.add_argument("--label-column",
                         help="default 'label' (strings or integers; choice: the right answer's index)")
     parser.add_argument("--seq-len", type=int, help="tokens per row (default: the longest row, at most n_ctx)")
-    parser.add_argument("--model", metavar="NAME", help="published weights (e.g. openai-gpt, gpt2)")
-    parser.add_argument("--weights", metavar="DIR", help="a checkpoint folder")
-    parser.add_argument("--config", metavar="NAME", help="a new, randomly initialised model of this preset's shape")
-    for name in ("n-layer", "n-embd", "n-head", "n-ctx"):
-        parser.add_argument(f"--{name}", type=int, metavar="N", help=f"with --config: override {name.replace('-', '_')}")
-    parser.add_argument("--vocab", metavar="DIR", help="tokenizer folder (default: the checkpoint's own)")
-    parser.add_argument("--train-tokenizer", type=int, metavar="N", help="with --config: learn a BPE of N tokens")
+    add_model_arguments(parser, model="published weights (e.g. openai-gpt, gpt2)", weights="a checkpoint folder",
+                        config="a new, randomly initialised model of this preset's shape",
+                        train_tokenizer="with --config: learn a BPE of N tokens")
     parser.add_argument("--backend", choices=("numpy", "mindspore"),
                         help="default: mindspore (graph mode) when installed and the task is classify or entail "
                              "(similar and choice train on numpy only), else numpy")

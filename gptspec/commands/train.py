@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from gptspec.training.options import add_model_arguments
+
 # Options that define a run, with their defaults. run.json stores them; --resume refuses changes.
 RUN_DEFAULTS = dict(
     data=None, valid=None, valid_fraction=0.05, split_on_blank_lines=False, loss_on="all", pack=False,
@@ -47,14 +49,10 @@ def register(subparsers):
                            "or truncated document per row")
     data.add_argument("--seq-len", type=int, metavar="L", help="tokens per row (default min(1024, n_ctx))")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", metavar="NAME", help="published weights (fetched): continue training them")
-    model.add_argument("--weights", metavar="DIR", help="a checkpoint folder: continue training it")
-    model.add_argument("--config", metavar="NAME", help="a new model of this preset's shape (e.g. gpt2), random init")
-    for name in ("n-layer", "n-embd", "n-head", "n-ctx"):
-        model.add_argument(f"--{name}", type=int, metavar="N", help=f"with --config: override {name.replace('-', '_')}")
-    model.add_argument("--vocab", metavar="DIR", help="tokenizer folder (default: the checkpoint's own)")
-    model.add_argument("--train-tokenizer", type=int, metavar="N",
-                       help="with --config: learn a byte-level BPE of N tokens on the training text")
+    add_model_arguments(model, model="published weights (fetched): continue training them",
+                        weights="a checkpoint folder: continue training it",
+                        config="a new model of this preset's shape (e.g. gpt2), random init",
+                        train_tokenizer="with --config: learn a byte-level BPE of N tokens on the training text")
     backend = parser.add_argument_group("backend")
     backend.add_argument("--backend", choices=("numpy", "mindspore"),
                          help="default: mindspore (graph mode) when installed, else numpy")

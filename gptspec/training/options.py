@@ -14,6 +14,18 @@ PATH_OPTIONS = ("data", "valid", "weights", "vocab")
 MIN_BPE_VOCAB = 257     # a byte-level BPE: the 256 bytes and <|endoftext|>, before any merge
 
 
+def add_model_arguments(group, *, model: str, weights: str, config: str, train_tokenizer: str) -> None:
+    """Where the model comes from (setup.build_model reads these): --model, --weights or --config
+    with its size overrides, and the tokenizer (--vocab, --train-tokenizer); the helps are the command's."""
+    group.add_argument("--model", metavar="NAME", help=model)
+    group.add_argument("--weights", metavar="DIR", help=weights)
+    group.add_argument("--config", metavar="NAME", help=config)
+    for name in ("n-layer", "n-embd", "n-head", "n-ctx"):
+        group.add_argument(f"--{name}", type=int, metavar="N", help=f"with --config: override {name.replace('-', '_')}")
+    group.add_argument("--vocab", metavar="DIR", help="tokenizer folder (default: the checkpoint's own)")
+    group.add_argument("--train-tokenizer", type=int, metavar="N", help=train_tokenizer)
+
+
 def resolve_options(args, run_defaults: dict, free_defaults: dict, demo: dict | None = None,
                     demo_free: dict | None = None) -> tuple[dict, dict]:
     """(run options, free options): the command's defaults, --demo's settings, or the resumed run's own."""

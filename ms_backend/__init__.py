@@ -1,8 +1,11 @@
-"""gptspec's MindSpore backend: ref_numpy's layers, model and generation as MindSpore Cells.
+"""gptspec's MindSpore backend: ref_numpy's layers, model, generation and training as MindSpore Cells.
 
-Read side by side with ref_numpy: layers.py <-> layers.py, model.py <-> model.py,
-generate.py <-> generate.py; amp.py (mixed precision levels) and device.py (device and
-dtype checks) have no NumPy counterpart.
+Read side by side with ref_numpy.  Inference: layers.py <-> layers.py, model.py <-> model.py,
+generate.py <-> generate.py.  Training: train.py (Trainer: the spec's loss by autodiff, one
+compiled update) <-> train.py, optim.py <-> optim.py, classifier.py <-> classifier.py.  With no
+NumPy counterpart: amp.py (mixed precision levels), device.py (device and dtype checks),
+scaler.py (dynamic loss scaling), train_state.py (save / resume), distributed.py (data parallel
+under msrun).
 """
 from .amp import AMP_LEVELS, Precision, precision_for
 from .device import check_matmul_dtype, device_target
@@ -17,7 +20,7 @@ __all__ = [
     "attention", "mha", "mlp", "Linear", "LayerNorm", "MHA", "MLP", "GPT1Block", "GPT2Block",
     "AMP_LEVELS", "Precision", "precision_for", "device_target", "check_matmul_dtype",
 ]
-# Training (issue 12): train.py (Trainer, cross_entropy), optim.py (AdamW groups, clipping),
-# scaler.py (loss scaling), train_state.py (save / resume).
+# Training: the Trainer (train.py; AdamW and clipping in optim.py, loss scaling in scaler.py, save and
+# resume in train_state.py) and its loss.
 from .train import StepResult, Trainer, cross_entropy  # noqa: E402
 __all__ += ["Trainer", "StepResult", "cross_entropy"]

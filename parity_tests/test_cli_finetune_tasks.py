@@ -147,6 +147,21 @@ def test_classify_prints_probabilities_over_the_answers(choice_run, capsys):
     assert abs(p[0] - p[2]) <= 0.001 and abs(sum(p) - 1) <= 0.002  # the same answer twice scores the same
 
 
+def test_classify_loads_once_and_builds_no_optimizer(choice_run, monkeypatch, capsys):
+    """`gptspec classify` is inference only: the checkpoint is read once for every text (choice
+    texts are encoded one by one) and no AdamW state (twice the model's memory) is built."""
+    import ref_numpy
+
+    from gptspec.training import classify_backend
+
+    loads, load = [], classify_backend.load_classifier
+    monkeypatch.setattr(classify_backend, "load_classifier", lambda folder: loads.append(folder) or load(folder))
+    monkeypatch.setattr(ref_numpy, "adamw_init", lambda *args, **kwargs: pytest.fail("classify built AdamW's state"))
+    capsys.readouterr()
+    assert main(["classify", "--weights", str(choice_run), "Pick one.\ta\tb", "Pick one.\ta\tb\tc"]) == 0
+    assert len(loads) == 1 and len(capsys.readouterr().out.splitlines()) == 2
+
+
 def write_jsonl(path, *records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return str(path)

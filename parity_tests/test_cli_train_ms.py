@@ -120,6 +120,25 @@ def test_ctrl_c_and_resume_are_bit_exact_on_mindspore(runs, tmp_path, monkeypatc
     assert all(np.array_equal(whole[name], parts[name]) for name in whole)
 
 
+def test_ctrl_c_and_resume_with_dropout_are_bit_exact_on_mindspore(runs, tmp_path, monkeypatch, capsys):
+    """--dropout 0.1: the backend's one dropout generator (StepSeededDropout, saved and restored by
+    the Trainer) gives the resumed run the masks the uninterrupted one drew, so --resume after a
+    SIGINT during step 2 reaches its parameters bit for bit; and dropout reaches the update."""
+    from gptspec.training.ms_backend_adapter import MindSporeBackend
+
+    args = ["train", "--data", str(runs / "doc.txt"), *ARGS, "--dropout", "0.1", "--backend", "mindspore"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    interrupt_during_step(monkeypatch, MindSporeBackend, 1)
+    assert main([*args, "--out", str(tmp_path / "parts")]) == 130
+    assert "saved step 2" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(tmp_path / "parts"), "--no-progress"]) == 0
+    whole, parts, without = (ref_numpy.flatten_params(weights.load(folder)[1])
+                             for folder in (tmp_path / "whole", tmp_path / "parts", runs / "mindspore"))
+    assert all(np.array_equal(whole[name], parts[name]) for name in whole)
+    assert not all(np.array_equal(whole[name], without[name]) for name in whole)
+
+
 def test_both_backends_drop_the_same_elements(runs, tmp_path):
     """--dropout 0.1: the MindSpore backend draws step k's masks from the generator the NumPy
     backend uses (backends.dropout_seed), so the first logged losses agree as without dropout,

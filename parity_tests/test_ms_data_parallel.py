@@ -326,7 +326,7 @@ def test_one_process_needs_no_cluster(monkeypatch):
 def test_gptspec_train_refuses_what_cannot_run_data_parallel():
     """Under msrun (world size 2 here, no cluster needed for the checks): a --batch-size that does
     not split over the ranks, and the NumPy backend (no all-reduce), are one-line errors."""
-    from gptspec.commands.train import data_parallel
+    from gptspec.training.run import data_parallel
 
     with pytest.raises(DataParallelError, match=r"^--batch-size has 5 rows, which does not split evenly over 2 ranks"):
         data_parallel(object(), {"backend": "mindspore", "batch_size": 5}, 0, 2)
@@ -339,10 +339,10 @@ def test_gptspec_train_refuses_what_cannot_run_data_parallel():
 def test_finetune_under_msrun_is_refused_not_trained_alone_on_every_rank(monkeypatch):
     """finetune has no data-parallel path yet: under msrun it must refuse, not let every rank train
     on its own shard and write the same folder."""
-    from gptspec.commands.train import distributed_rank
+    from gptspec.training.run import single_process
 
     monkeypatch.setenv("MS_WORKER_NUM", "2")
     with pytest.raises(ValueError, match=r"under msrun \(2 workers\) is not supported yet"):
-        distributed_rank()
+        single_process()
     monkeypatch.setenv("MS_WORKER_NUM", "1")
-    assert distributed_rank() == (0, 1)
+    assert single_process() == (0, 1)

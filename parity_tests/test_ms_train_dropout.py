@@ -183,8 +183,9 @@ def test_fp16_amp_gradients_with_dropout_match_the_spec():
 
 def test_the_cli_backend_hands_dropout_and_seed_to_the_trainer():
     """gptspec train --backend mindspore --dropout p --seed s: the adapter's Trainer drops with p,
-    step k draws from the NumPy backend's generator default_rng(dropout_seed(s, k, 0)), and one
-    step draws exactly one set of masks of the batch's shape."""
+    step k draws from the NumPy backend's generator default_rng(dropout_seed(s, k, 0)) (the
+    adapter's StepSeededDropout, never replaced), and one step draws exactly one set of masks of
+    the batch's shape."""
     from gptspec.training.backends import Hyper, dropout_seed
     from gptspec.training.ms_backend_adapter import MindSporeBackend
 
@@ -195,6 +196,11 @@ def test_the_cli_backend_hands_dropout_and_seed_to_the_trainer():
     inputs, targets, mask = padded_batch(config, **BATCHES["gpt2"])
     result = backend.train_step(0, [(inputs, targets, mask)])
     assert np.isfinite(result.loss) and not result.skipped
-    replay = np.random.default_rng(dropout_seed(9, 0, 0))
-    R.dropout_masks(config, *inputs.shape, P, replay, np.float32)  # one step's draw
-    assert backend.trainer.rng.bit_generator.state == replay.bit_generator.state
+    generator = backend.trainer.rng      # the backend's one dropout generator, handed over once
+    for step in (0, 1):
+        if step:
+            backend.train_step(step, [(inputs, targets, mask)])
+        replay = np.random.default_rng(dropout_seed(9, step, 0))
+        R.dropout_masks(config, *inputs.shape, P, replay, np.float32)  # one step's draw
+        assert backend.trainer.rng is generator
+        assert generator.bit_generator.state == replay.bit_generator.state

@@ -1,6 +1,10 @@
-"""gptspec's executable specification of GPT-1 and GPT-2 inference, in plain NumPy.
+"""gptspec's executable specification of GPT-1 and GPT-2, inference and training, in plain NumPy.
 
-Read in this order: config -> params -> layers -> model -> sampling -> generate.
+Read in this order.  Inference: config -> params -> layers -> model -> sampling -> generate, and
+the tokenizers (tokenizer -> bpe_gpt1 / bpe_gpt2; bpe_train learns a new one).  Training: loss ->
+backward (each layer's backward beside its forward) -> train (dropout, loss_and_grads) -> data
+(padding, shifted targets) -> optim (AdamW, clipping, the learning-rate schedule) -> classifier
+(GPT-1's fine-tuning heads and their combined loss).
 Every other backend must compute what these functions compute.
 """
 from .config import PRESETS, GPTConfig
@@ -22,13 +26,14 @@ __all__ = [
     "generate", "decode_stream", "numpy_step", "collect",
     "Tokenizer", "MergeStep",
 ]
-# Tokenizers (see tokenizer.py) are exported below this line.
+# Tokenizers: the shared interface (tokenizer.py); bpe_gpt1 / bpe_gpt2 hold the two byte-pair encodings.
 from .tokenizer import MergeStep, Tokenizer, UnknownTokenError  # noqa: E402  (bpe_gpt1/bpe_gpt2 hold the two tokenizers)
 __all__ += ["UnknownTokenError"]
-# Learning a byte-level BPE tokenizer from text (bpe_train.py), for training from scratch.
+# Learning a byte-level BPE tokenizer from text (bpe_train.py), for training a new model from scratch.
 from .bpe_train import save_bpe, train_bpe  # noqa: E402
 __all__ += ["train_bpe", "save_bpe"]
-# Training (issue 11): loss (loss.py), every backward (backward.py), loss_and_grads (train.py).
+# The training step: the loss (loss.py), every layer's backward (backward.py), the whole forward +
+# backward with dropout (train.py), and the training inputs' checks (validation.py).
 from .backward import (attention_backward, dropout_backward, embed_backward, gelu_backward,  # noqa: E402
                        gpt1_block_backward, gpt2_block_backward, layer_norm_backward, linear_backward,
                        lm_head_backward, merge_heads_backward, mha_backward, mlp_backward, softmax_backward,
@@ -41,18 +46,21 @@ __all__ += ["cross_entropy", "cross_entropy_backward", "log_sum_exp", "check_tar
             "merge_heads_backward", "dropout_backward", "attention_backward", "mha_backward", "mlp_backward",
             "gpt2_block_backward", "gpt1_block_backward", "embed_backward", "lm_head_backward",
             "train_forward", "train_backward", "loss_and_grads"]
-# Training data, optimizer and fine-tuning head (issue 11): data.py, optim.py, classifier.py.
+# Around the step: batches (data.py), the optimizer, clipping and schedule (optim.py), and GPT-1's
+# classification head with its loss classification + lm_coef x LM (classifier.py).
 from .data import pad_or_truncate, shift_targets  # noqa: E402
 __all__ += ["pad_or_truncate", "shift_targets"]
 from .optim import adamw_init, adamw_step, clip_grad_norm, lr_at  # noqa: E402
 __all__ += ["adamw_init", "adamw_step", "clip_grad_norm", "lr_at"]
 from .classifier import add_tokens, classifier_logits, classifier_loss_and_grads, init_classifier  # noqa: E402
 __all__ += ["init_classifier", "classifier_logits", "classifier_loss_and_grads", "add_tokens"]
-# GPT-1's similarity and multiple-choice tasks (issue 13): classifier.py.
+# GPT-1's other two fine-tuning tasks: similarity (both orders, states summed) and multiple choice
+# (one score per answer) (classifier.py).
 from .classifier import (choice_logits, choice_loss_and_grads, init_choice_head, similarity_logits,  # noqa: E402
                          similarity_loss_and_grads)
 __all__ += ["similarity_logits", "similarity_loss_and_grads", "init_choice_head", "choice_logits",
             "choice_loss_and_grads"]
-# Dropout multipliers of one training forward, drawn in the spec's order (train.py).
+# Dropout multipliers of one training forward, drawn in the spec's order (train.py): a backend that
+# draws no random numbers of its own takes these as inputs.
 from .train import dropout_masks  # noqa: E402
 __all__ += ["dropout_masks"]

@@ -22,7 +22,7 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from gptspec.commands.finetune import classify_texts
+    from gptspec.training.classify_infer import classify_texts
     from gptspec.training.data import read_text_file
 
     texts = list(args.texts)

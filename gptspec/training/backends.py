@@ -23,7 +23,7 @@ import numpy as np
 
 import ref_numpy
 
-from .data import IGNORE_INDEX
+from .data import IGNORE_INDEX, n_targets
 
 OPTIMIZER_FILE = "optimizer.npz"        # arrays of the optimizer state
 OPTIMIZER_LAYOUT = "optimizer.json"     # its structure and scalars
@@ -60,8 +60,44 @@ class Hyper:
                                      total_steps=self.total_steps, min_lr=self.min_lr, schedule=self.schedule))
 
 
-def n_targets(targets: np.ndarray) -> int:
-    return int((np.asarray(targets) != IGNORE_INDEX).sum())
+def token_loss_sum(logits_of, inputs, targets, attention_mask=None) -> tuple[float, int]:
+    """(the cross-entropy summed over the batch's targets, their count): `logits_of(inputs,
+    attention_mask)` is the backend's forward; the loss is the spec's.  No target: (0.0, 0)."""
+    count = n_targets(targets)
+    if count == 0:
+        return 0.0, 0
+    logits = logits_of(inputs, attention_mask)
+    return float(ref_numpy.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)) * count, count
+
+
+def add_scaled(total: dict | None, grads: dict, share: float) -> dict:
+    """total + share x grads (nested params dicts; total None: share x grads), in the gradients'
+    dtype: the micro-batches' gradients weighted by their shares of the batch."""
+    flat = ref_numpy.flatten_params(grads)
+    if total is None:
+        return ref_numpy.unflatten_params({name: g * g.dtype.type(share) for name, g in flat.items()})
+    summed = ref_numpy.flatten_params(total)
+    for name, g in flat.items():
+        summed[name] += g * g.dtype.type(share)
+    return ref_numpy.unflatten_params(summed)
+
+
+def clip(grads: dict, hyper: Hyper) -> tuple[dict, float]:
+    """(grads, global norm): ref_numpy.clip_grad_norm at --max-grad-norm, or only the norm without
+    clipping; a NaN or inf gradient is an error naming its tensor."""
+    return ref_numpy.clip_grad_norm(grads, hyper.max_grad_norm if hyper.max_grad_norm is not None else math.inf)
+
+
+def adamw(params: dict, grads: dict, state: dict, hyper: Hyper, lr: float) -> tuple[dict, dict]:
+    """ref_numpy.adamw_step with the run's betas, eps and weight decay."""
+    return ref_numpy.adamw_step(params, grads, state, lr=lr, betas=hyper.betas, eps=hyper.eps,
+                                weight_decay=hyper.weight_decay)
+
+
+def check_optimizer_files(folder: Path) -> None:
+    for name in (OPTIMIZER_FILE, OPTIMIZER_LAYOUT):
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder} has no optimizer state ({name} is missing): it cannot be resumed")
 
 
 def lm_metrics(eval_loss, windows, batch_rows: int) -> dict:
@@ -105,36 +141,24 @@ class NumpyBackend:
                 self.config, self.params, inputs, targets, attention_mask=mask, ignore_index=IGNORE_INDEX,
                 dropout=self.hyper.dropout, seed=dropout_seed(self.hyper.seed, step, k))
             loss += share * float(micro_loss)
-            flat = ref_numpy.flatten_params(grads)
-            if summed is None:
-                summed = {name: g * g.dtype.type(share) for name, g in flat.items()}
-            else:
-                for name, g in flat.items():
-                    summed[name] += g * g.dtype.type(share)
-        return loss, ref_numpy.unflatten_params(summed)
+            summed = add_scaled(summed, grads, share)
+        return loss, summed
 
     def train_step(self, step: int, micro_batches) -> StepResult:
         loss, grads = self.batch_loss_and_grads(step, micro_batches)
-        if self.hyper.max_grad_norm is not None:
-            grads, norm = ref_numpy.clip_grad_norm(grads, self.hyper.max_grad_norm)
-        else:
-            norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64)))
-                               for g in ref_numpy.flatten_params(grads).values()))
+        grads, norm = clip(grads, self.hyper)
         lr = self.hyper.lr_at(step)
-        self.params, self.optimizer = ref_numpy.adamw_step(
-            self.params, grads, self.optimizer, lr=lr, betas=self.hyper.betas, eps=self.hyper.eps,
-            weight_decay=self.hyper.weight_decay)
+        self.params, self.optimizer = adamw(self.params, grads, self.optimizer, self.hyper, lr)
         return StepResult(loss=loss, grad_norm=float(norm), lr=lr)
 
     def evaluate(self, windows, batch_rows: int) -> dict:
         return lm_metrics(self.eval_loss, windows, batch_rows)
 
     def eval_loss(self, inputs, targets, attention_mask=None) -> tuple[float, int]:
-        count = n_targets(targets)
-        if count == 0:
-            return 0.0, 0
-        logits, _ = ref_numpy.forward(self.config, self.params, inputs, attention_mask=attention_mask)
-        return float(ref_numpy.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)) * count, count
+        return token_loss_sum(self._logits, inputs, targets, attention_mask)
+
+    def _logits(self, inputs, attention_mask):
+        return ref_numpy.forward(self.config, self.params, inputs, attention_mask=attention_mask)[0]
 
     def params_numpy(self) -> dict:
         return self.params
@@ -151,9 +175,7 @@ class NumpyBackend:
         config, params = weights.load(folder)
         if config != self.config:
             raise ValueError(f"{folder} holds a model of another config ({config}) than this run's ({self.config})")
-        for name in (OPTIMIZER_FILE, OPTIMIZER_LAYOUT):
-            if not (folder / name).is_file():
-                raise ValueError(f"{folder} has no optimizer state ({name} is missing): it cannot be resumed")
+        check_optimizer_files(folder)
         self.params = params
         self.optimizer = load_tree(folder / OPTIMIZER_FILE, folder / OPTIMIZER_LAYOUT)
 

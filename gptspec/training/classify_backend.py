@@ -18,7 +18,8 @@ import numpy as np
 
 import ref_numpy
 
-from .backends import Hyper, StepResult, dropout_seed, load_tree, save_tree
+from .backends import (OPTIMIZER_FILE, OPTIMIZER_LAYOUT, Hyper, StepResult, adamw, add_scaled,
+                       check_optimizer_files, clip, dropout_seed, load_tree, save_tree)
 
 HEAD_FILE = "classifier_head.npz"
 LABELS_FILE = "labels.json"
@@ -37,10 +38,7 @@ class ClassifierBackend:
 
     def probabilities(self, ids, positions, attention_mask=None) -> np.ndarray:
         """[n, n_classes] softmax of the head's logits (choice: [n, K], over each example's answers)."""
-        logits = np.asarray(self.logits(ids, positions, attention_mask), np.float64)
-        logits -= logits.max(axis=-1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=-1, keepdims=True)
+        return probabilities(self.logits(ids, positions, attention_mask))
 
     def evaluate(self, rows, batch_rows: int) -> dict:
         """Held-out classification loss (mean -log p(label)) and accuracy."""
@@ -86,20 +84,13 @@ class NumpyClassifierBackend(ClassifierBackend):
             micro_loss, g, hg = self.loss_and_grads(ids, labels, positions, mask,
                                                     dropout_seed=dropout_seed(self.hyper.seed, step, k))
             loss += share * float(micro_loss)
-            grads = _add_scaled(grads, g, share)
-            head_grads = _add_scaled(head_grads, hg, share)
-        both = {"model": grads, "head": head_grads}
-        if self.hyper.max_grad_norm is not None:
-            both, norm = ref_numpy.clip_grad_norm(both, self.hyper.max_grad_norm)
-        else:
-            norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64)))
-                               for g in ref_numpy.flatten_params(both).values()))
+            grads = add_scaled(grads, g, share)
+            head_grads = add_scaled(head_grads, hg, share)
+        both, norm = clip({"model": grads, "head": head_grads}, self.hyper)
         lr = self.hyper.lr_at(step)
-        settings = dict(lr=lr, betas=self.hyper.betas, eps=self.hyper.eps, weight_decay=self.hyper.weight_decay)
-        self.params, self.optimizer["model"] = ref_numpy.adamw_step(self.params, both["model"],
-                                                                    self.optimizer["model"], **settings)
-        self.head, self.optimizer["head"] = ref_numpy.adamw_step(self.head, both["head"], self.optimizer["head"],
-                                                                 **settings)
+        optimizer, hyper = self.optimizer, self.hyper
+        self.params, optimizer["model"] = adamw(self.params, both["model"], optimizer["model"], hyper, lr)
+        self.head, optimizer["head"] = adamw(self.head, both["head"], optimizer["head"], hyper, lr)
         return StepResult(loss=loss, grad_norm=float(norm), lr=lr)
 
     def loss_and_grads(self, ids, labels, positions, mask, dropout_seed=None):
@@ -121,17 +112,7 @@ class NumpyClassifierBackend(ClassifierBackend):
 
     def logits(self, ids, positions, attention_mask):
         """[n, n_classes] (or [n, K] answer scores for choice); shapes as loss_and_grads."""
-        if self.task == "similar":
-            return ref_numpy.similarity_logits(self.config, self.params, self.head, ids[:, 0], ids[:, 1],
-                                               positions[:, 0], positions[:, 1], attention_mask_ab=attention_mask[:, 0],
-                                               attention_mask_ba=attention_mask[:, 1])
-        if self.task == "choice":
-            n, k, length = ids.shape
-            return ref_numpy.choice_logits(self.config, self.params, self.head, ids.reshape(n * k, length),
-                                           positions.reshape(n * k), k,
-                                           attention_mask=attention_mask.reshape(n * k, length))
-        return ref_numpy.classifier_logits(self.config, self.params, self.head, ids, positions,
-                                           attention_mask=attention_mask)
+        return task_logits(self.task, self.config, self.params, self.head, ids, positions, attention_mask)
 
     def params_numpy(self) -> dict:
         return self.params
@@ -141,15 +122,36 @@ class NumpyClassifierBackend(ClassifierBackend):
 
         weights.save(self.params, self.config, folder, format="safetensors")
         self.write_classifier_files(folder, self.head)
-        save_tree(self.optimizer, folder / "optimizer.npz", folder / "optimizer.json")
+        save_tree(self.optimizer, folder / OPTIMIZER_FILE, folder / OPTIMIZER_LAYOUT)
 
     def read_files(self, folder: Path) -> None:
         _, params, head, _ = self.check_resumable(folder)
-        for name in ("optimizer.npz", "optimizer.json"):
-            if not (folder / name).is_file():
-                raise ValueError(f"{folder} has no optimizer state ({name} is missing): it cannot be resumed")
+        check_optimizer_files(folder)
         self.params, self.head = params, head
-        self.optimizer = load_tree(folder / "optimizer.npz", folder / "optimizer.json")
+        self.optimizer = load_tree(folder / OPTIMIZER_FILE, folder / OPTIMIZER_LAYOUT)
+
+
+def task_logits(task: str, config, params: dict, head: dict, ids, positions, attention_mask) -> np.ndarray:
+    """The spec's logits of a fine-tuned model for `task`: [n, n_classes], or for choice [n, K] answer
+    scores.  ids, attention_mask [n, L] (classify, entail) or [n, K, L] (similar: K = 2 orders;
+    choice: K = answers); positions [n] or [n, K] (each sequence's classify token)."""
+    if task == "similar":
+        return ref_numpy.similarity_logits(config, params, head, ids[:, 0], ids[:, 1], positions[:, 0],
+                                           positions[:, 1], attention_mask_ab=attention_mask[:, 0],
+                                           attention_mask_ba=attention_mask[:, 1])
+    if task == "choice":
+        n, k, length = ids.shape
+        return ref_numpy.choice_logits(config, params, head, ids.reshape(n * k, length), positions.reshape(n * k), k,
+                                       attention_mask=attention_mask.reshape(n * k, length))
+    return ref_numpy.classifier_logits(config, params, head, ids, positions, attention_mask=attention_mask)
+
+
+def probabilities(logits) -> np.ndarray:
+    """Softmax over the last axis, in float64."""
+    logits = np.asarray(logits, np.float64)
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=-1, keepdims=True)
 
 
 def load_classifier(folder) -> tuple:
@@ -179,12 +181,3 @@ def load_classifier(folder) -> tuple:
         raise ValueError(f"{folder / LABELS_FILE} is damaged ({error})") from None
     return config, params, head, saved
 
-
-def _add_scaled(total, grads, share):
-    flat = ref_numpy.flatten_params(grads)
-    if total is None:
-        return ref_numpy.unflatten_params({k: g * g.dtype.type(share) for k, g in flat.items()})
-    summed = ref_numpy.flatten_params(total)
-    for k, g in flat.items():
-        summed[k] += g * g.dtype.type(share)
-    return ref_numpy.unflatten_params(summed)

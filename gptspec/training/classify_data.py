@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,18 +52,13 @@ def read_rows(paths, *, columns: tuple[str, ...], argument: str = "--data",
     (one for classify, premise and hypothesis for entail), then the label column; `options` the
     command-line options that name them (said when a column is missing)."""
     hint = f"name the columns with {' / '.join(options)}"
-    from .data import read_text_file
+
+    def from_csv(path, text):
+        return _csv_records(path, text, columns, argument, hint)
 
     rows = []
     for path in map(Path, paths):
-        text = read_text_file(path, argument)
-        if path.suffix == ".csv":
-            records = _csv_records(path, text, columns, argument, hint)
-        elif path.suffix == ".jsonl":
-            records = _jsonl_records(path, text, argument)
-        else:
-            raise ValueError(f"{argument}: {path} must be .jsonl or .csv (rows with the columns "
-                             f"{', '.join(map(repr, columns))})")
+        records = _file_records(path, argument, from_csv, f"the columns {', '.join(map(repr, columns))}")
         for where, record in records:
             for column in columns:
                 if column not in record:
@@ -90,19 +84,23 @@ def _csv_records(path, text, columns, argument, hint):
     return [(f"{path} line {reader.line_num}", record) for record in reader]
 
 
+def _file_records(path: Path, argument: str, from_csv, expected: str) -> list[tuple[str, dict]]:
+    """(where, record) of every row of one .csv (`from_csv(path, text)`) or .jsonl file; any other
+    file is an error saying what its rows should hold (`expected`)."""
+    from .data import read_text_file
+
+    text = read_text_file(path, argument)
+    if path.suffix == ".csv":
+        return from_csv(path, text)
+    if path.suffix == ".jsonl":
+        return _jsonl_records(path, text, argument)
+    raise ValueError(f"{argument}: {path} must be .jsonl or .csv (rows with {expected})")
+
+
 def _jsonl_records(path, text, argument):
-    records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{argument}: {path} line {lineno}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{argument}: {path} line {lineno}: expected a JSON object")
-        records.append((f"{path} line {lineno}", record))
-    return records
+    from .data import jsonl_objects
+
+    return [(f"{path} line {lineno}", record) for _, lineno, record in jsonl_objects(path, text, argument)]
 
 
 def label_set(rows) -> list[str]:
@@ -216,27 +214,22 @@ def read_choice_rows(paths, *, context_column: str, answers_column: str, label_c
     row.  JSONL: `answers_column` holds a list of strings; CSV: the answers are the columns
     `<answers_column>_0`, `<answers_column>_1`, ... (as many as the header has, at least 2).  Every
     row must have the same number of answers (the first row's)."""
-    from .data import read_text_file
+    def from_csv(path, text):
+        header = next(csv.reader(io.StringIO(text)), [])
+        answer_columns = []
+        while f"{answers_column}_{len(answer_columns)}" in header:
+            answer_columns.append(f"{answers_column}_{len(answer_columns)}")
+        if len(answer_columns) < 2:
+            raise ValueError(f"{argument}: {path} has no answer columns {answers_column}_0, {answers_column}_1 "
+                             f"(its header: {header}); name them with --answers-column")
+        return [(where, {**record, answers_column: [record[c] for c in answer_columns]})
+                for where, record in _csv_records(path, text, (context_column, label_column), argument,
+                                                     "name the columns with --context-column / --label-column")]
 
     rows = []
     for path in map(Path, paths):
-        text = read_text_file(path, argument)
-        if path.suffix == ".csv":
-            header = next(csv.reader(io.StringIO(text)), [])
-            answer_columns = []
-            while f"{answers_column}_{len(answer_columns)}" in header:
-                answer_columns.append(f"{answers_column}_{len(answer_columns)}")
-            if len(answer_columns) < 2:
-                raise ValueError(f"{argument}: {path} has no answer columns {answers_column}_0, {answers_column}_1 "
-                                 f"(its header: {header}); name them with --answers-column")
-            records = [(where, {**record, answers_column: [record[c] for c in answer_columns]})
-                       for where, record in _csv_records(path, text, (context_column, label_column), argument,
-                                                            "name the columns with --context-column / --label-column")]
-        elif path.suffix == ".jsonl":
-            records = _jsonl_records(path, text, argument)
-        else:
-            raise ValueError(f"{argument}: {path} must be .jsonl or .csv (rows with a {context_column!r}, a list "
-                             f"{answers_column!r} and a {label_column!r})")
+        records = _file_records(path, argument, from_csv,
+                                f"a {context_column!r}, a list {answers_column!r} and a {label_column!r}")
         for where, record in records:
             for column in (context_column, answers_column, label_column):
                 if column not in record:

@@ -17,7 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100     # ref_numpy.cross_entropy's default ignore_index: no loss on these targets
+
+
+def n_targets(targets) -> int:
+    """How many targets are predicted (not IGNORE_INDEX)."""
+    return int((np.asarray(targets) != IGNORE_INDEX).sum())
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class TokenWindows:
         return self.inputs[index], self.targets[index], mask
 
     def n_targets(self) -> int:
-        return int((self.targets != IGNORE_INDEX).sum())
+        return n_targets(self.targets)
 
     @staticmethod
     def count_tokens(micro_batch) -> int:
@@ -122,8 +127,10 @@ def _blank_lines(text: str) -> list[str]:
     return re.split(r"\n[ \t\r]*\n", text.replace("\r\n", "\n"))
 
 
-def _jsonl_documents(path: Path, text: str, argument: str) -> list[Document]:
-    documents = []
+def jsonl_objects(path: Path, text: str, argument: str, expected: str = "a JSON object") -> list[tuple]:
+    """(where: '--data: file line N', N, the object) for each non-blank line of a .jsonl file's text; a
+    line that is not valid JSON or not an object (`expected` says what it should hold) is an error."""
+    objects = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -133,7 +140,14 @@ def _jsonl_documents(path: Path, text: str, argument: str) -> list[Document]:
         except json.JSONDecodeError as error:
             raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected an object with \"prompt\" and \"completion\", got {type(row).__name__}")
+            raise ValueError(f"{where}: expected {expected}, got {type(row).__name__}")
+        objects.append((where, lineno, row))
+    return objects
+
+
+def _jsonl_documents(path: Path, text: str, argument: str) -> list[Document]:
+    documents = []
+    for where, lineno, row in jsonl_objects(path, text, argument, 'an object with "prompt" and "completion"'):
         for field in ("prompt", "completion"):
             if field not in row:
                 raise ValueError(f"{where}: missing field {field!r} (each row needs \"prompt\" and \"completion\")")

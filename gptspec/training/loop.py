@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from .checkpoint import LOG_FILE, RunFolder
+from .checkpoint import BEST_FILE, LOG_FILE, RunFolder
 from .data import BatchOrder
 
 
@@ -195,9 +195,6 @@ def run_loop(backend, train, valid, order: BatchOrder, options: LoopOptions,
 def _micro_batch_rows(options: LoopOptions) -> int:
     per_rank = options.batch_size // options.world_size
     return max(1, per_rank // options.grad_accum)
-
-
-BEST_FILE = "best.json"
 
 
 def _read_best(folder: RunFolder) -> dict | None:

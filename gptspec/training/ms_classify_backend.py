@@ -39,7 +39,7 @@ class MindSporeClassifierBackend(ClassifierBackend):
         # term is the mean over every LM target of the batch, where the NumPy backend averages each
         # micro-batch's token mean by its rows (the two agree with --grad-accum 1).
         ids, labels, positions, mask = (np.concatenate(parts) for parts in zip(*micro_batches))
-        return trainer_step(self.trainer, self.hyper, step, ids, labels, mask, clf_positions=positions)
+        return trainer_step(self.trainer, step, ids, labels, mask, clf_positions=positions)
 
     def logits(self, ids, positions, attention_mask):
         """[n, n_classes]: the Trainer's model (its AMP level, current float32 master weights)."""

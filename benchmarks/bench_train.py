@@ -199,7 +199,8 @@ def run_in_subprocess(name, args, model=None, batch=None, tokens=None) -> dict:
         env.update({name: str(args.threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     done = run_limited(command, limit_gb=args.memory_limit_gb, env=env)
     if done.killed:
-        return dict(error=f"killed: {done.killed}", killed=done.killed, peak_mb=done.peak_gb * 1024)
+        return dict(error=f"killed: {done.killed}", killed=done.killed, over_limit=done.over_limit,
+                    peak_mb=done.peak_gb * 1024)
     if done.returncode != 0:
         return dict(error=(done.stderr.strip().splitlines() or ["failed"])[-1])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -241,8 +242,10 @@ def print_scale_table(results, args):
     print("|---|---|---|---|---|---|---|")
     for (model, name), r in results.items():
         n_params = sum(np.prod(shape) for shape in R.expected_shapes(R.GPTConfig.from_name(model)).values())
-        if "killed" in r:
-            row = f"> {r['peak_mb'] / 1024:.1f} | | | does not fit in {args.memory_limit_gb:g} GB ({r['killed']})"
+        if r.get("over_limit"):
+            row = f"> {args.memory_limit_gb:g} | | | does not fit in {args.memory_limit_gb:g} GB (killed at {r['peak_mb'] / 1024:.1f})"
+        elif "killed" in r:
+            row = f"({r['peak_mb'] / 1024:.1f} when stopped) | | | not measured: {r['killed']}"
         elif "error" in r:
             row = f" | | | failed: {r['error']}"
         else:

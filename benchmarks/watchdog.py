@@ -2,7 +2,7 @@
 machine is measured ("does not fit in N GB") instead of taking the machine down.
 
     result = run_limited(command, limit_gb=20, env=env)
-    result.returncode, result.stdout, result.stderr, result.peak_gb, result.killed  # killed: None or why
+    result.returncode, result.stdout, result.stderr, result.peak_gb, result.killed, result.over_limit
 
 The watchdog samples the resident memory (VmRSS) of the subprocess and of every process it started,
 every `interval` seconds, and kills the whole process group when their sum exceeds `limit_gb`, or
@@ -29,6 +29,7 @@ class Limited(NamedTuple):
     stderr: str
     peak_gb: float  # the largest sampled resident size of the process tree
     killed: str | None  # None, or why the watchdog killed it
+    over_limit: bool  # killed because it exceeded limit_gb (not because the machine ran out)
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -75,4 +76,5 @@ def run_limited(command, *, limit_gb: float, reserve_gb: float = 1.0, env=None, 
             time.sleep(interval)
         out.seek(0)
         err.seek(0)
-        return Limited(process.returncode, out.read(), err.read(), peak / GB, killed)
+        over_limit = killed is not None and killed.startswith("resident memory")
+        return Limited(process.returncode, out.read(), err.read(), peak / GB, killed, over_limit)

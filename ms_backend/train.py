@@ -111,10 +111,12 @@ class Trainer:
     step k uses the generator's k-th draw -- fed to the compiled step as float32 inputs.  save()
     stores the generator's state, so a resumed run drops the same elements.
 
-    recompute=True: each block's forward is run again during the backward (MindSpore's
-    `Cell.recompute()` on every block) instead of its activations being kept from the forward to
-    the backward: less memory, about one more forward's time (see benchmarks/NOTES.md).  The
-    gradients are the same computation.  A memory option, not state: save() does not record it."""
+    recompute=True: MindSpore's `Cell.recompute()` on every block -- the backward is to run the
+    block's forward again instead of keeping its activations.  The gradients are bit for bit the
+    same.  Measured on CPU (MindSpore 2.10, benchmarks/NOTES.md) it saves nothing: the 124M step at
+    4 x 128 peaked higher (10.3 GB against 8.9) and took ~2x longer, so it is off by default; it is
+    here for devices whose memory it does reduce.  A memory option, not state: save() does not
+    record it."""
 
     def __init__(self, config: GPTConfig, params: dict, *, amp_level="O0", dtype=None, mode="graph", lr=1e-3,
                  warmup_steps=0, total_steps=None, min_lr=0.0, schedule="cosine", betas=(0.9, 0.999), eps=1e-8,

@@ -1,6 +1,6 @@
 """Benchmark: the MindSpore backend against the NumPy spec and HF GPT-2 on PyTorch, same run.
 
-    python benchmarks/bench_ms.py [--model gpt2] [--decode-tokens 32] [--repeats 3]
+    python benchmarks/bench_ms.py [--model gpt2] [--decode-tokens 32] [--repeats 3] [--only "graph fp32"]
     python benchmarks/bench_ms.py --amp-table      # AMP errors vs the float64 spec instead
 
 Speed table: prefill 1x128 and 8x128 (seconds, logits as NumPy) and KV-cache decode tokens/s
@@ -86,7 +86,7 @@ def speed_table(args):
                                   np.array_equal(spec_decode(), hf_tokens), 0.0)
 
     hf_decode_s = [best_of(hf_decode, args.repeats)]
-    for label, options in VARIANTS:
+    for label, options in [(label, options) for label, options in VARIANTS if args.only in label]:
         model = M.GPTModel(config, params, **options)
         graph = options["mode"] == "graph"
         repeats = args.repeats if graph else 1  # PyNative is slow; one run says enough
@@ -144,6 +144,8 @@ def main(argv=None):
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--amp-table", action="store_true", help="print the AMP error table instead")
+    parser.add_argument("--only", default="", help="run only the MindSpore variants whose label contains this "
+                                                   "(e.g. 'graph fp32')")
     args = parser.parse_args(argv)
     amp_table(args) if args.amp_table else speed_table(args)
 

@@ -2,6 +2,7 @@
 Hugging Face GPT-2 on PyTorch, same weights, same run.
 
     python benchmarks/bench_train.py [--model gpt2] [--batch 4] [--tokens 128] [--steps 3] [--threads N]
+    python benchmarks/bench_train.py --scale [--models gpt2,gpt2-medium,gpt2-large] [--memory-limit-gb 20]
 
 Each backend runs in its own subprocess, so its peak resident memory (ru_maxrss) is its own;
 "step memory" is that peak minus the process's resident memory once its libraries are imported,
@@ -16,6 +17,12 @@ subprocess, torch.set_num_threads, MindSpore's CPU kernel pool); default: each l
 On a machine shared with other jobs, torch's default threads slow down several-fold (they wait on
 each other at every parallel op), so `--threads 1` is the steadier comparison there.
 
+--scale: the largest GPT-2 each backend trains here -- one step of batch 1 x 1024 tokens (after a
+warm-up step) for each preset, on PyTorch, the NumPy spec and MindSpore graph fp32 with and without
+`recompute`.  Every backend's subprocess runs under a watchdog (watchdog.py) that kills it above
+--memory-limit-gb of resident memory (or when the machine runs out): such a row reads "does not fit in
+N GB", measured, not estimated.  --backends NAME,... runs a subset in either mode.
+
 Other backends: add a function `run_NAME(args) -> dict` below and list it in BACKENDS.
 """
 from __future__ import annotations
@@ -25,7 +32,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,8 +39,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ref_numpy as R  # noqa: E402
+from watchdog import run_limited  # noqa: E402
 
 LR, WEIGHT_DECAY, MAX_NORM, BETAS, EPS = 6e-4, 0.1, 1.0, (0.9, 0.999), 1e-8
 
@@ -128,7 +136,7 @@ def run_pytorch(args) -> dict:
 # MindSpore rows (issue 12): ms_backend.Trainer's whole step (forward, backward, loss scaling, clipping,
 # AdamW) as one compiled graph, or op by op in PyNative.  The warm-up step is timed on its own: in
 # graph mode it is the compilation (reported below the table, not in the step time).
-def _run_mindspore(args, *, amp_level="O0", mode="graph") -> dict:
+def _run_mindspore(args, *, amp_level="O0", mode="graph", recompute=False) -> dict:
     import mindspore
 
     from ms_backend import Trainer
@@ -139,7 +147,7 @@ def _run_mindspore(args, *, amp_level="O0", mode="graph") -> dict:
     config, params, inputs, targets = same_inputs(args)
     trainer = Trainer(config, params, amp_level=amp_level, mode=mode, lr=LR, betas=BETAS, eps=EPS,
                       weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_NORM,
-                      loss_scale=None if amp_level == "O0" else "dynamic")
+                      loss_scale=None if amp_level == "O0" else "dynamic", recompute=recompute)
     del params
     built_mb = rss_mb()  # weights in MindSpore (the moments are allocated by the first update)
     start = time.perf_counter()
@@ -148,12 +156,16 @@ def _run_mindspore(args, *, amp_level="O0", mode="graph") -> dict:
     _, times = timed_steps(lambda: trainer.step(inputs, targets).loss, args.steps)  # its warm-up: a compiled step
     skipped = (", first step skipped (overflow)" if first.skipped else "") if amp_level != "O0" else ""
     return dict(loss=first.loss, times=times, baseline_mb=baseline, peak_mb=peak_rss_mb(),
-                threads=f"mindspore {mindspore.__version__} {mode} {amp_level}{skipped}", first_step_s=compile_s,
+                threads=f"mindspore {mindspore.__version__} {mode} {amp_level}{' recompute' if recompute else ''}{skipped}", first_step_s=compile_s,
                 built_mb=built_mb)
 
 
 def run_mindspore_graph(args) -> dict:
     return _run_mindspore(args)
+
+
+def run_mindspore_graph_recompute(args) -> dict:
+    return _run_mindspore(args, recompute=True)
 
 
 def run_mindspore_graph_o2(args) -> dict:
@@ -167,18 +179,28 @@ def run_mindspore_pynative(args) -> dict:
 # name -> runner; each runner returns loss, times, baseline_mb, peak_mb, threads.  The table's
 # ratios are against REFERENCE.  (MindSpore rows: add e.g. "mindspore fp32": run_mindspore.)
 BACKENDS = {"numpy spec": run_numpy, "pytorch (HF)": run_pytorch, "mindspore graph fp32": run_mindspore_graph,
+            "mindspore graph fp32 recompute": run_mindspore_graph_recompute,
             "mindspore graph O2 fp16": run_mindspore_graph_o2, "mindspore pynative fp32": run_mindspore_pynative}
 REFERENCE = "pytorch (HF)"
+# --scale: the largest GPT-2 each backend trains here (one step of batch 1 x 1024 tokens per preset)
+SCALE_MODELS = ("gpt2", "gpt2-medium", "gpt2-large")
+SCALE_BACKENDS = ("pytorch (HF)", "numpy spec", "mindspore graph fp32", "mindspore graph fp32 recompute")
 
 
-def run_in_subprocess(name, args) -> dict:
-    command = [sys.executable, __file__, "--backend", name, "--model", args.model, "--batch", str(args.batch),
-               "--tokens", str(args.tokens), "--steps", str(args.steps)]
+def run_in_subprocess(name, args, model=None, batch=None, tokens=None) -> dict:
+    """Run backend `name` in a subprocess under the --memory-limit-gb watchdog (watchdog.py).  -> its JSON,
+    or {"error": ...}; a run killed by the watchdog also has "killed" (why) and "peak_mb" (sampled)."""
+    model, batch, tokens = model or args.model, batch or args.batch, tokens or args.tokens
+    command = [sys.executable, __file__, "--backend", name, "--model", model, "--batch", str(batch),
+               "--tokens", str(tokens), "--steps", str(args.steps)]
     env = dict(os.environ)
     if args.threads:  # read by OpenBLAS / OpenMP when the subprocess loads them
         command += ["--threads", str(args.threads)]
         env.update({name: str(args.threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = run_limited(command, limit_gb=args.memory_limit_gb, env=env)
+    if done.killed:
+        return dict(error=f"killed: {done.killed}", killed=done.killed, over_limit=done.over_limit,
+                    peak_mb=done.peak_gb * 1024)
     if done.returncode != 0:
         return dict(error=(done.stderr.strip().splitlines() or ["failed"])[-1])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -209,22 +231,69 @@ def print_table(results, args):
                   f"peak {r['peak_mb']:.0f} MB")
 
 
+def print_scale_table(results, args):
+    """The --scale table: per preset and backend, the peak resident memory and the step time, or
+    what stopped the run (the watchdog's limit, or an error)."""
+    print(f"the largest GPT-2 each backend trains here: one training step of batch 1 x 1024 tokens, float32 "
+          f"(AdamW, clipping), {os.cpu_count()} cores, "
+          f"{f'{args.threads} thread(s)' if args.threads else 'default threads'}; step = best of {args.steps} "
+          f"after a warm-up step; each run in a subprocess killed above {args.memory_limit_gb:g} GB resident")
+    print("| model | parameters | backend | peak RSS (GB) | step (s) | first step (s) | result |")
+    print("|---|---|---|---|---|---|---|")
+    for (model, name), r in results.items():
+        n_params = sum(np.prod(shape) for shape in R.expected_shapes(R.GPTConfig.from_name(model)).values())
+        if r.get("over_limit"):
+            row = f"> {args.memory_limit_gb:g} | | | does not fit in {args.memory_limit_gb:g} GB (killed at {r['peak_mb'] / 1024:.1f})"
+        elif "killed" in r:
+            row = f"({r['peak_mb'] / 1024:.1f} when stopped) | | | not measured: {r['killed']}"
+        elif "error" in r:
+            row = f" | | | failed: {r['error']}"
+        else:
+            first = f"{r['first_step_s']:.1f}" if "first_step_s" in r else ""
+            row = f"{r['peak_mb'] / 1024:.2f} | {min(r['times']):.1f} | {first} | trains (loss {r['loss']:.4f})"
+        print(f"| {model} | {n_params / 1e6:.0f}M | {name} | {row} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2", choices=sorted(R.PRESETS))
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps after one warm-up step (default 3; with --scale 1)")
     parser.add_argument("--threads", type=int, default=None,
                         help="compute threads per backend (default: each library's own)")
+    parser.add_argument("--backends", default=None,
+                        help=f"comma-separated backends to run (default: all; --scale: {', '.join(SCALE_BACKENDS)})")
+    parser.add_argument("--scale", action="store_true",
+                        help=f"one step of batch 1 x 1024 for each of {', '.join(SCALE_MODELS)} (--models to choose)")
+    parser.add_argument("--models", default=",".join(SCALE_MODELS), help="comma-separated presets for --scale")
+    parser.add_argument("--memory-limit-gb", type=float, default=20.0,
+                        help="kill a backend's subprocess whose resident memory exceeds this (default 20)")
     parser.add_argument("--backend", choices=sorted(BACKENDS), help="run one backend here and print JSON")
     args = parser.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be a positive integer, got {args.threads}")
+    if args.steps is None:
+        args.steps = 1 if args.scale else 3
+    for option in ("threads", "steps", "batch", "tokens"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            parser.error(f"--{option} must be a positive integer, got {value}")
+    if not args.memory_limit_gb > 0:
+        parser.error(f"--memory-limit-gb must be > 0, got {args.memory_limit_gb}")
     if args.backend:
         print(json.dumps(BACKENDS[args.backend](args)))
         return
-    print_table({name: run_in_subprocess(name, args) for name in BACKENDS}, args)
+    names = (args.backends.split(",") if args.backends else SCALE_BACKENDS if args.scale else list(BACKENDS))
+    models = args.models.split(",")
+    unknown = [n for n in names if n not in BACKENDS] + [m for m in models if m not in R.PRESETS]
+    if unknown:
+        parser.error(f"unknown backend or model {unknown[0]!r}: backends are {sorted(BACKENDS)}, "
+                     f"models {sorted(R.PRESETS)}")
+    if args.scale:
+        print_scale_table({(model, name): run_in_subprocess(name, args, model, 1, 1024)
+                           for model in models for name in names}, args)
+    else:
+        print_table({name: run_in_subprocess(name, args) for name in names}, args)
 
 
 if __name__ == "__main__":

@@ -48,10 +48,20 @@ def finite_min(dtype):
     return FLOAT32_MIN
 
 
+GELU_2K = 2 * math.sqrt(2 / math.pi)
+
+
 def gelu(x):
-    """GELU in the tanh form of the GPT-1/GPT-2 code, as MindSpore's kernel (set explicitly:
-    MindSpore's default is the erf form)."""
-    return ops.gelu(x, approximate="tanh")
+    """GELU in the tanh form of the GPT-1/GPT-2 code:
+
+        0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+      = x sigmoid(2u)                          since 0.5 (1 + tanh(u)) = sigmoid(2u)
+
+    computed in the second form: MindSpore's CPU GeLU kernel (ops.gelu(approximate="tanh")) runs at
+    ~20 ns per element (67 ms on [1024, 3072] float32, one thread; torch 5 ms), 0.8 s of a 124M
+    8x128 prefill; these four elementwise ops take 12 ms, max error vs float64 5.7e-7 (the kernel's
+    3.9e-7), on x in [-5, 5].  (ops.tanh is not used: on CPU float32 it is off by ~1e-4.)"""
+    return x * ops.sigmoid(GELU_2K * (x + 0.044715 * (x * x * x)))
 
 
 def softmax(x, axis=-1):

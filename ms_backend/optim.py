@@ -48,26 +48,36 @@ def set_lr(optimizer: AdamW, lr) -> None:
 def global_norm(grads):
     """sqrt(sum over every gradient element of its square), float32 scalar Tensor.  Each tensor's
     squares are summed along the last axis first, then over the rows: on CPU a whole-tensor ReduceSum
-    runs ~7x slower (0.14 s for the [50257, 768] embedding), and partial sums round no worse."""
-    return ops.sqrt(sum(ops.square(g).sum(axis=-1).sum() for g in grads))
+    runs ~7x slower (0.14 s for the [50257, 768] embedding), and partial sums round no worse.
+
+    The tensors are summed one after another: each waits (ops.depend) for the running total, so
+    one squared copy is alive at a time.  Without the order the compiled graph's breadth-first
+    schedule squares every gradient before summing any, a second copy of all of them at once."""
+    total = ops.zeros((), ms.float32)
+    for g in grads:
+        total = total + ops.square(ops.depend(g, total)).sum(axis=-1).sum()
+    return ops.sqrt(total)
 
 
-def clip_grad_norm(grads, max_norm, total_norm):
-    """torch.nn.utils.clip_grad_norm_ (as ref_numpy.clip_grad_norm): every gradient times
-    min(1, max_norm / (total_norm + 1e-6)).  max_norm None: no clipping."""
+def clip_coefficient(max_norm, total_norm):
+    """torch.nn.utils.clip_grad_norm_'s factor (as ref_numpy.clip_grad_norm): every gradient is
+    multiplied by min(1, max_norm / (total_norm + 1e-6)); None when max_norm is None (no clipping).
+    adamw_update applies it to each gradient just before that parameter's update."""
     if max_norm is None:
-        return grads
-    coefficient = ops.minimum(max_norm / (total_norm + CLIP_EPSILON), 1.0)
-    return tuple(g * coefficient for g in grads)
+        return None
+    return ops.minimum(max_norm / (total_norm + CLIP_EPSILON), 1.0)
 
 
 _adam_kernel = ops.AdamWeightDecay()
 
 
-def adamw_update(optimizer: AdamW, grads):
+def adamw_update(optimizer: AdamW, grads, clip=None):
     """Apply one AdamW update to `optimizer`'s parameters (its moments, update count and per-group lr,
     see set_lr) with one fused in-place kernel per parameter (`ops.AdamWeightDecay`); usable inside
-    mindspore.jit.  Returns the new update count.
+    mindspore.jit.  Returns the new update count.  clip: None, or clip_coefficient's factor, by
+    which each gradient is multiplied just before its kernel.  The parameters are updated one after
+    another (each kernel waits, ops.depend, for the previous one): the graph's breadth-first
+    schedule would otherwise make every clipped gradient first, a copy of all of them at once.
 
     Why not `optimizer(grads)`: its update is a dozen elementwise ops per parameter, each a new
     tensor of the parameter's size, and compiled the runtime keeps many of them alive at once
@@ -81,6 +91,7 @@ def adamw_update(optimizer: AdamW, grads):
     lr wd): equal up to the float32 rounding of these three scalars and of the kernel's order."""
     ops.assign_add(optimizer.state_step, ops.ones_like(optimizer.state_step))
     t = optimizer.state_step.astype(ms.float32)
+    previous = t
     for i, group in enumerate(optimizer.param_groups):
         beta1, beta2 = (ms.Tensor(beta, ms.float32) for beta in group["betas"])
         correction1 = 1 - ops.pow(beta1, t)
@@ -89,8 +100,10 @@ def adamw_update(optimizer: AdamW, grads):
         eps = group["eps"] * sqrt_correction2
         decay = group["weight_decay"] * correction1 / sqrt_correction2
         for j in range(optimizer.group_start_id[i], optimizer.group_start_id[i + 1]):
-            _adam_kernel(optimizer.parameters[j], optimizer.exp_avg[j], optimizer.exp_avg_sq[j], lr, beta1, beta2,
-                         eps, decay, grads[j])
+            g = ops.depend(grads[j], previous)
+            g = g if clip is None else g * clip
+            previous = _adam_kernel(optimizer.parameters[j], optimizer.exp_avg[j], optimizer.exp_avg_sq[j], lr, beta1,
+                                    beta2, eps, decay, g)
     return optimizer.state_step
 
 

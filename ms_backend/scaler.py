@@ -21,6 +21,7 @@ import numbers
 
 import mindspore as ms
 import numpy as np
+from mindspore import ops
 
 from .device import overwrite
 
@@ -100,6 +101,11 @@ def all_finite(grads):
     Each gradient times 0 is all zeros exactly when it is finite (inf x 0 and nan x 0 are nan), so
     the sum of those products is 0 exactly then.  The same answer as mindspore.amp.all_finite
     (isfinite + all per tensor), ~4x faster on CPU: a multiply and a row-wise sum are vectorised and
-    threaded there, isfinite and reduce-all over 124M gradient elements took 0.25 s a step."""
-    return sum((g * 0).sum(axis=-1).sum() for g in grads) == 0
+    threaded there, isfinite and reduce-all over 124M gradient elements took 0.25 s a step.  One
+    tensor after another (each waits, ops.depend, for the running sum): one product alive at a time,
+    where the compiled graph's breadth-first schedule would make all of them first."""
+    total = ops.zeros((), ms.float32)
+    for g in grads:
+        total = total + (ops.depend(g, total) * 0).sum(axis=-1).sum()
+    return total == 0
 

@@ -44,7 +44,7 @@ from .amp import to
 from .classifier import HEAD_NAMES, ClassifierHead, at_positions, check_lm_coef, classifier_batch, final_hidden
 from .layers import dropout as apply_dropout
 from .model import GPTModel, as_numpy, attention_mask_4d, flat_dropout_masks
-from .optim import adamw_update, build_adamw, clip_grad_norm, global_norm, optimizer_state, set_lr
+from .optim import adamw_update, build_adamw, clip_coefficient, global_norm, optimizer_state, set_lr
 from .scaler import LossScale, all_finite
 
 IGNORE_INDEX = -100
@@ -109,19 +109,32 @@ class Trainer:
     are NumPy draws (ref_numpy.dropout_masks, then with a head the classify tokens' mask, as
     ref_numpy.classifier_loss_and_grads) from this Trainer's numpy.random.default_rng(seed) --
     step k uses the generator's k-th draw -- fed to the compiled step as float32 inputs.  save()
-    stores the generator's state, so a resumed run drops the same elements."""
+    stores the generator's state, so a resumed run drops the same elements.
+
+    recompute=True: MindSpore's `Cell.recompute()` on every block -- the backward is to run the
+    block's forward again instead of keeping its activations.  The gradients are bit for bit the
+    same.  Measured on CPU (MindSpore 2.10, benchmarks/NOTES.md) it saves nothing: the 124M step at
+    4 x 128 peaked higher (10.3 GB against 8.9) and took ~2x longer, so it is off by default; it is
+    here for devices whose memory it does reduce.  A memory option, not state: save() does not
+    record it."""
 
     def __init__(self, config: GPTConfig, params: dict, *, amp_level="O0", dtype=None, mode="graph", lr=1e-3,
                  warmup_steps=0, total_steps=None, min_lr=0.0, schedule="cosine", betas=(0.9, 0.999), eps=1e-8,
                  weight_decay=0.0, max_grad_norm=None, loss_scale="dynamic", initial_scale=2.0 ** 16,
-                 scale_window=1000, dropout=0.0, seed=None, head=None, lm_coef=0.5):
+                 scale_window=1000, dropout=0.0, seed=None, head=None, lm_coef=0.5, recompute=False):
         if mode not in ("graph", "pynative"):
             raise ValueError(f"mode must be one of ('graph', 'pynative'), got {mode!r}")
         self.hyper = check_hyperparameters(lr=lr, warmup_steps=warmup_steps, total_steps=total_steps, min_lr=min_lr,
                                            schedule=schedule, betas=betas, eps=eps, weight_decay=weight_decay,
                                            max_grad_norm=max_grad_norm)
         self.dropout = check_dropout(dropout)
+        if not isinstance(recompute, bool):
+            raise ValueError(f"recompute must be True or False, got {recompute!r}")
         self.model = GPTModel(config, params, amp_level=amp_level, dtype=dtype)  # checks config, params, AMP
+        self.recompute = recompute
+        if recompute:  # keep each block's input only; its inner activations are recomputed in the backward
+            for block in self.model.blocks:
+                block.recompute()
         self.head = None if head is None else ClassifierHead(config, head)
         self.lm_coef = check_lm_coef(lm_coef)
         weights = self.model.trainable_params() + ([] if self.head is None else self.head.trainable_params())
@@ -179,7 +192,7 @@ class Trainer:
         norm = global_norm(grads)
         if finite:
             set_lr(self.optimizer, lr)
-            adamw_update(self.optimizer, clip_grad_norm(grads, self.hyper["max_grad_norm"], norm))
+            adamw_update(self.optimizer, grads, clip_coefficient(self.hyper["max_grad_norm"], norm))
         self.scaler.adjust(finite)
         return loss, norm, finite
 

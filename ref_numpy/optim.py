@@ -149,12 +149,11 @@ def adamw_step(params, grads, state, *, lr, betas=(0.9, 0.999), eps=1e-8, weight
             raise ValueError(f"grads[{name!r}] contains NaN or inf: the update would corrupt the parameter "
                              f"(skip the step, or lower the learning rate / loss scale)")
         wd = weight_decay if decays(p) else 0.0
-        m = beta1 * m + (1 - beta1) * g
-        v = beta2 * v + (1 - beta2) * (g * g)
         if variant == "torch":
-            p = p * (1 - lr * wd)  # decoupled weight decay, on the parameter before the Adam step
-            p = p - (lr / correction1) * (m / (np.sqrt(v) / math.sqrt(correction2) + eps))
+            p, m, v = _torch_adamw_update(p, g, m, v, lr, beta1, beta2, eps, wd, correction1, correction2)
         else:
+            m = beta1 * m + (1 - beta1) * g
+            v = beta2 * v + (1 - beta2) * (g * g)
             lr_t = lr * math.sqrt(correction2) / correction1
             p = p - lr_t * (m / (np.sqrt(v) + eps) + wd * p)
         new_p.append(p.astype(dtype, copy=False))
@@ -162,6 +161,34 @@ def adamw_step(params, grads, state, *, lr, betas=(0.9, 0.999), eps=1e-8, weight
         new_v.append(v.astype(dtype, copy=False))
     state = {"step": t, "m": _rebuild(params, iter(new_m)), "v": _rebuild(params, iter(new_v))}
     return _rebuild(params, iter(new_p)), state
+
+
+def _torch_adamw_update(p, g, m, v, lr, beta1, beta2, eps, wd, correction1, correction2):
+    """adamw_step's torch formula for one tensor -> (new p, new m, new v):
+
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * (g * g)
+        p = p * (1 - lr * wd)
+        p = p - (lr / correction1) * (m / (np.sqrt(v) / sqrt(correction2) + eps))
+
+    written as exactly these operations in this order (so bit for bit the same numbers), into three
+    new arrays and one scratch array instead of a new array per operation: ~3x less memory traffic
+    for the 124M model's 124M-element update, the spec's training step's largest elementwise cost."""
+    new_m = np.multiply(m, beta1)
+    scratch = np.multiply(g, 1 - beta1)
+    new_m += scratch
+    new_v = np.multiply(v, beta2)
+    np.multiply(g, g, out=scratch)
+    scratch *= 1 - beta2
+    new_v += scratch
+    new_p = np.multiply(p, 1 - lr * wd)  # decoupled weight decay, on the parameter before the Adam step
+    np.sqrt(new_v, out=scratch)
+    scratch /= math.sqrt(correction2)
+    scratch += eps
+    np.divide(new_m, scratch, out=scratch)
+    scratch *= lr / correction1
+    new_p -= scratch
+    return new_p, new_m, new_v
 
 
 # -- gradient clipping ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ Optional parts, each detected from the backend and reported "not provided" when 
 check that needs one says so; it is never skipped silently):
 
     trace      forward(..., trace=dict) fills the dict with every tensor the spec traces, under
-               the spec's names (TRACE_SHAPES): "embed", "blocks.{i}.attn_weights",
+               the spec's names (trace_shapes): "embed", "blocks.{i}.attn_weights",
                "blocks.{i}.attn", "blocks.{i}.mlp", "blocks.{i}.out", ("ln_f",) "logits" --
                the layer-by-layer comparison that localises a failure.
     cache      forward(..., past=past) continues from an earlier call's cache and then returns
@@ -84,7 +84,7 @@ import ref_numpy
 from ref_numpy.validation import as_token_ids
 
 __all__ = ["Backend", "BackendFactory", "BackendProtocolError", "BackendUnderTest", "BUILTIN_BACKENDS",
-           "OPTIONAL_PARTS", "TRACE_SHAPES", "load_factory", "make_backend", "parse_options", "trace_shapes"]
+           "OPTIONAL_PARTS", "load_factory", "make_backend", "parse_options", "trace_shapes"]
 
 BUILTIN_BACKENDS = {
     "mindspore": "gptspec.backends.mindspore:factory",
@@ -102,9 +102,8 @@ OPTIONAL_PARTS = {
     "classifier": "classifier_loss_and_grads(head, ids, labels, clf_positions, ...)",
 }
 
+EXTRAS = {"mindspore": "mindspore", "hf": "oracle", "numpy": "all"}  # what a built-in backend needs installed
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
-DTYPES = ("float32", "float64", "float16", "bfloat16")
-IGNORE_INDEX = -100
 
 
 @runtime_checkable
@@ -176,9 +175,6 @@ def load_factory(spec: str):
     return factory
 
 
-EXTRAS = {"mindspore": "mindspore", "hf": "oracle", "numpy": "all"}
-
-
 def check_options(factory, options: dict, spec: str) -> None:
     """Every option must be a keyword the factory takes (unless it takes **options)."""
     try:
@@ -218,9 +214,6 @@ def trace_shapes(config, batch: int, n_new: int, n_keys: int) -> dict[str, tuple
         shapes["ln_f"] = (batch, n_new, C)
     shapes["logits"] = (batch, n_new, config.n_vocab)
     return shapes
-
-
-TRACE_SHAPES = trace_shapes  # the public name of the trace contract
 
 
 def _accepts(function, name: str) -> bool:

@@ -40,7 +40,7 @@ from gptspec.parity_report import Check, ParityReport
 from gptspec.tolerances import (Bound, amp_backward_bound, amp_loss_curve_bound, backward_bound, conditioned,
                                 grad_norm_bound, lm_loss_bound, ms_update_bound, noise_bound)
 from ref_numpy.data import pad_or_truncate, shift_targets
-from ref_numpy.optim import CLIP_EPS, adamw_init, adamw_step
+from ref_numpy.optim import adamw_init, adamw_step, scale_to_norm
 
 __all__ = ["run_train_parity", "training_batch", "TRAIN_LR", "TRAIN_BETAS", "TRAIN_WEIGHT_DECAY"]
 
@@ -138,7 +138,8 @@ def update_rows(params64, backend, batch, grads, grads64, notes):
                  f"eps={hyper['eps']:g} (the gradients' median magnitude), clipping to max_grad_norm="
                  f"{hyper['max_grad_norm']:g} (half the spec's norm {norm64:.4g})")
     step = backend.train_step(*batch, params_like=params64, **hyper)
-    own = ref_numpy.flatten_params(ref_numpy.cast_params(grads, np.float64))
+    own_grads = ref_numpy.cast_params(grads, np.float64)
+    own = ref_numpy.flatten_params(own_grads)
     own_norm = math.sqrt(sum(float(np.sum(g * g)) for g in own.values()))
     n_elements, n_tensors = sum(g.size for g in own.values()), len(own)
     # The norm of the backend's own gradients (each checked in its row above), computed by the
@@ -148,7 +149,7 @@ def update_rows(params64, backend, batch, grads, grads64, notes):
                     grad_norm_bound("float32", n_elements, n_tensors))]
     # What the update must compute from the backend's own gradients and its own norm (the clipping
     # coefficient max_norm / (norm + 1e-6)), in float64 and (the noise) in float32.
-    expected = spec_update(params64, own, step["grad_norm"], hyper)
+    expected = spec_update(params64, own_grads, step["grad_norm"], hyper)
     noise = spec_update(ref_numpy.cast_params(params64, np.float32), ref_numpy.cast_params(grads, np.float32),
                         step["grad_norm"], hyper)
     bound = ms_update_bound(n_elements, n_tensors, hyper["lr"])
@@ -172,11 +173,7 @@ def spec_update(params, grads, total_norm: float, hyper) -> dict:
     """One adamw_step from a fresh state on `grads` clipped as ref_numpy.clip_grad_norm does, with
     the global norm given (the backend's: its arithmetic is checked on its own row), in the
     arrays' dtype."""
-    coef = hyper["max_grad_norm"] / (total_norm + CLIP_EPS)
-    flat = ref_numpy.flatten_params(grads)
-    if coef < 1:
-        flat = {name: g * g.dtype.type(coef) for name, g in flat.items()}
-    clipped = ref_numpy.unflatten_params(flat)
+    clipped = scale_to_norm(grads, hyper["max_grad_norm"], total_norm)
     new_params, _ = adamw_step(params, clipped, adamw_init(params), lr=hyper["lr"], betas=hyper["betas"],
                                eps=hyper["eps"], weight_decay=hyper["weight_decay"])
     return new_params

@@ -17,10 +17,10 @@ import numpy as np
 from mindspore import ops
 from mindspore.experimental.optim import AdamW
 
-from .device import overwrite
-
 # torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing (no division by zero).
-CLIP_EPSILON = 1e-6
+from ref_numpy.optim import CLIP_EPS as CLIP_EPSILON
+
+from .device import overwrite
 
 
 def decays(parameter) -> bool:

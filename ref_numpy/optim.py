@@ -222,10 +222,17 @@ def clip_grad_norm(grads, max_norm):
                              f"learning rate / loss scale)")
         norms.append(norm)
     total_norm = math.sqrt(sum(n * n for n in norms))
+    return scale_to_norm(grads, max_norm, total_norm), total_norm
+
+
+def scale_to_norm(grads, max_norm, total_norm):
+    """clip_grad_norm's scaling for a global norm already known: grads * coef with
+    coef = max_norm / (total_norm + 1e-6) when coef < 1, else the same arrays."""
+    leaves = _leaves(grads)
     coef = max_norm / (total_norm + CLIP_EPS)
     if coef >= 1:
-        return _rebuild(grads, iter([g for _, g in leaves])), total_norm
-    return _rebuild(grads, iter([g * g.dtype.type(coef) for _, g in leaves])), total_norm
+        return _rebuild(grads, iter([g for _, g in leaves]))
+    return _rebuild(grads, iter([g * g.dtype.type(coef) for _, g in leaves]))
 
 
 # -- learning-rate schedule -----------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Read side by side with ref_numpy.  Inference: layers.py <-> layers.py, model.py <-> model.py,
 generate.py <-> generate.py.  Training: train.py (Trainer: the spec's loss by autodiff, one
-compiled update) <-> train.py, optim.py <-> optim.py, classifier.py <-> classifier.py.  With no
-NumPy counterpart: amp.py (mixed precision levels), device.py (device and dtype checks),
+compiled update) <-> train.py, objectives.py (the LM loss, GPT-1's four fine-tuning losses) <->
+loss.py and classifier.py, optim.py <-> optim.py, classifier.py <-> classifier.py.  With no NumPy
+counterpart: amp.py (mixed precision levels), device.py (device and dtype checks),
 scaler.py (dynamic loss scaling), train_state.py (save / resume), distributed.py (data parallel
 under msrun).
 """
@@ -21,6 +22,7 @@ __all__ = [
     "AMP_LEVELS", "Precision", "precision_for", "device_target", "check_matmul_dtype",
 ]
 # Training: the Trainer (train.py; AdamW and clipping in optim.py, loss scaling in scaler.py, save and
-# resume in train_state.py) and its loss.
-from .train import StepResult, Trainer, cross_entropy  # noqa: E402
-__all__ += ["Trainer", "StepResult", "cross_entropy"]
+# resume in train_state.py) and what it minimises (objectives.py: the LM loss, GPT-1's fine-tuning).
+from .objectives import Classifier, LanguageModel, cross_entropy  # noqa: E402
+from .train import Gradients, StepResult, Trainer  # noqa: E402
+__all__ += ["Trainer", "StepResult", "Gradients", "LanguageModel", "Classifier", "cross_entropy"]

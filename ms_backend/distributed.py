@@ -131,21 +131,17 @@ def shard(array, topology: Topology):
 class DataParallelTrainer:
     """An ms_backend.Trainer run on this rank's shard of each global batch.
 
-    `step(inputs, targets, attention_mask)` takes THIS RANK's rows (`shard` cuts them from the
-    global batch); the result is the global batch's: loss, gradient norm, skipped.  Everything
-    else (params_numpy, save, resume, model, step_count, ...) is the wrapped Trainer's.  Wrap the
-    Trainer before its first step: the gradient all-reduce is compiled into the step."""
+    `step(*batch)` / `accumulate_step(micro_batches)` take THIS RANK's rows (`shard` cuts them from
+    the global batch), in the Trainer's objective's arguments; the result is the global batch's:
+    loss, gradient norm, skipped.  The loss is normalised by the global totals (every rank's
+    targets, examples), and with dropout each rank keeps its rows of the masks one process would
+    draw for the whole micro-batch (Trainer._dropout_masks): 2 ranks compute what 1 process does.
+    Everything else (params_numpy, save, resume, model, step_count, ...) is the wrapped Trainer's.
+    Wrap the Trainer before its first step: the gradient all-reduce is compiled into the step."""
 
     def __init__(self, trainer, topology: Topology):
         self.trainer, self.topology = trainer, topology
         self._sum = None
-        if topology.world_size > 1 and getattr(trainer, "head", None) is not None:
-            raise DataParallelError("data parallel with a classifier head is not implemented (its loss is a mean "
-                                    "over rows, which needs the global row count): fine-tune in one process")
-        if topology.world_size > 1 and getattr(trainer, "dropout", 0.0) > 0:
-            raise DataParallelError(f"data parallel with dropout > 0 (p={trainer.dropout}) is not implemented: every "
-                                    f"rank's Trainer draws the same masks for its own rows instead of its shard of "
-                                    f"the whole batch's masks; train with dropout 0 or in one process")
         if topology.world_size > 1:
             from mindspore import nn, ops
 
@@ -172,25 +168,42 @@ class DataParallelTrainer:
         (the training loop asks it after every step whether a rank was signalled to stop)."""
         return bool(self._all_sum([1.0 if flag else 0.0])[0] > 0)
 
-    def global_count(self, targets) -> int:
-        """The number of non-ignored targets over every rank's shard (one AllReduce).  Sent as
-        count // 4096 and count % 4096: float32 sums integers exactly below 2^24, so both parts
-        stay exact up to 4096 ranks and 6.8e10 tokens per batch."""
-        from .train import IGNORE_INDEX
+    def global_totals(self, micro_arrays: list) -> dict:
+        """The objective's counts (targets, examples) over every micro-batch of every rank's shard
+        (one AllReduce).  Each count is sent as count // 4096 and count % 4096: float32 sums
+        integers exactly below 2^24, so both parts stay exact up to 4096 ranks and 6.8e10 per batch."""
+        local: dict[str, int] = {}
+        for arrays in micro_arrays:
+            for name, count in self.trainer.objective.counts(arrays).items():
+                local[name] = local.get(name, 0) + count
+        names = sorted(local)
+        parts = self._all_sum([part for name in names for part in divmod(local[name], COUNT_SPLIT)])
+        return {name: int(parts[2 * i]) * COUNT_SPLIT + int(parts[2 * i + 1]) for i, name in enumerate(names)}
 
-        local = int(np.count_nonzero(np.asarray(targets) != IGNORE_INDEX))
-        high, low = self._all_sum([local // COUNT_SPLIT, local % COUNT_SPLIT])
-        return int(high) * COUNT_SPLIT + int(low)
+    def placement(self, arrays: dict) -> tuple[int, int]:
+        """(this rank's first example, the examples of the whole micro-batch): every rank holds an
+        equal share of each micro-batch (check_global_batch), rank r the r-th."""
+        n = self.trainer.objective.n_examples(arrays)
+        return self.topology.rank * n, self.topology.world_size * n
 
-    def step(self, inputs, targets, attention_mask=None):
-        """One update of the global batch made of every rank's (inputs, targets, mask) [b, T]."""
-        count = self.global_count(targets)
-        result = self.trainer.step(inputs, targets, attention_mask, n_targets=count)
+    def step(self, *batch, **named):
+        """One update of the global batch made of every rank's batch."""
+        return self._update([self.trainer.arrays(*batch, **named)])
+
+    def accumulate_step(self, micro_batches):
+        """One update of the global batch, each rank's share given as micro-batches."""
+        return self._update([self.trainer.arrays(*micro) for micro in micro_batches])
+
+    def _update(self, micro_arrays: list):
+        result = self.trainer.update(micro_arrays, self.global_totals(micro_arrays),
+                                     [self.placement(arrays) for arrays in micro_arrays])
         # This rank's loss is its share of the global mean: the ranks' shares sum to it.
         return result._replace(loss=float(self._all_sum([result.loss])[0]))
 
-    def grads_numpy(self, inputs, targets, attention_mask=None):
-        """(global loss, gradients of the global batch's mean loss) -- the same on every rank."""
-        count = self.global_count(targets)
-        loss, grads = self.trainer.grads_numpy(inputs, targets, attention_mask, n_targets=count)
-        return float(self._all_sum([loss])[0]), grads
+    def grads_numpy(self, *batch, seed=None, **named):
+        """(global loss, gradients of the global batch's mean loss, head gradients) -- the same on
+        every rank.  seed: the dropout masks of the whole batch (as Trainer.grads_numpy)."""
+        arrays = self.trainer.arrays(*batch, **named)
+        result = self.trainer.grads_numpy(*batch, seed=seed, totals=self.global_totals([arrays]),
+                                          placement=self.placement(arrays), **named)
+        return result._replace(loss=float(self._all_sum([result.loss])[0]))

@@ -259,9 +259,9 @@ def dropout(x, scale, dtype):
 class Block(nn.Cell):
     """What both blocks share: the residual branches' dropout."""
 
-    def dropped(self, branch, drops, index):
-        """branch with multiplier drops[index] applied (precision.elementwise); unchanged without drops."""
-        return dropout(branch, None if drops is None else drops[index], self.attn.elementwise_dtype)
+    def dropped(self, branch, drops, name):
+        """branch with multiplier drops[name] applied (precision.elementwise); unchanged without drops."""
+        return dropout(branch, None if drops is None else drops[name], self.attn.elementwise_dtype)
 
 
 class GPT2Block(Block):
@@ -276,11 +276,13 @@ class GPT2Block(Block):
 
     def construct(self, x, mask, past=None, cache_write=None, drops=None):
         """-> (x [B, T, C], present, (attn out, attn weights, mlp out)) -- the last for tracing.
-        drops: training's dropout multipliers (attn weights, attn branch, mlp branch) or None."""
-        a, present, weights = self.attn(self.ln_1(x), mask, past, cache_write, None if drops is None else drops[0])
-        x = record_dtype("residual", x + self.dropped(a, drops, 1))
+        drops: training's dropout multipliers {"attn_weights", "attn", "mlp"} (one layer of
+        ref_numpy.dropout_masks) or None."""
+        a, present, weights = self.attn(self.ln_1(x), mask, past, cache_write,
+                                        None if drops is None else drops["attn_weights"])
+        x = record_dtype("residual", x + self.dropped(a, drops, "attn"))
         m = self.mlp(self.ln_2(x))
-        x = record_dtype("residual", x + self.dropped(m, drops, 2))
+        x = record_dtype("residual", x + self.dropped(m, drops, "mlp"))
         return x, present, (a, weights, m)
 
 
@@ -297,10 +299,10 @@ class GPT1Block(Block):
     def construct(self, x, mask, past=None, cache_write=None, drops=None):
         """-> (h [B, T, C], present, (attn out, attn weights, mlp out)) -- the last for tracing.
         drops as in GPT2Block."""
-        a, present, weights = self.attn(x, mask, past, cache_write, None if drops is None else drops[0])
-        n = self.ln_1(record_dtype("residual", x + self.dropped(a, drops, 1)))
+        a, present, weights = self.attn(x, mask, past, cache_write, None if drops is None else drops["attn_weights"])
+        n = self.ln_1(record_dtype("residual", x + self.dropped(a, drops, "attn")))
         m = self.mlp(n)
-        h = self.ln_2(record_dtype("residual", n + self.dropped(m, drops, 2)))
+        h = self.ln_2(record_dtype("residual", n + self.dropped(m, drops, "mlp")))
         return h, present, (a, weights, m)
 
 

@@ -43,15 +43,6 @@ def attention_mask_4d(n_query, n_key, attention_mask=None):
     return mask
 
 
-def flat_dropout_masks(masks: dict) -> tuple:
-    """ref_numpy.dropout_masks's dict -> the flat tuple GPTModel.run takes (NumPy arrays):
-    (embed, then attn_weights, attn, mlp of each layer in turn)."""
-    flat = [masks["embed"]]
-    for block in masks["blocks"]:
-        flat += [block["attn_weights"], block["attn"], block["mlp"]]
-    return tuple(flat)
-
-
 def cache_slots(n_tokens, n_ctx):
     """Static cache length for n_tokens positions: the next power of two (>= 16), at most
     n_ctx.  Attending over fewer empty slots makes each decode step cheaper; rounding up keeps
@@ -119,16 +110,16 @@ class GPTModel(nn.Cell):
         layer (dynamic, or static with `cache_write`, see layers.extend_cache).  Returns (logits, present, intermediates);
         last_only keeps the logits of the last position only (all generation needs).
 
-        drops: training's dropout multipliers (float32, ref_numpy.dropout_masks flattened by
-        flat_dropout_masks): (embed [B, T, C], then per layer attn weights [B, H, T, T], attn
-        [B, T, C], mlp [B, T, C]); None (inference) runs no dropout op at all."""
+        drops: training's dropout multipliers, ref_numpy.dropout_masks's structure as float32
+        Tensors: {"embed": [B, T, C], "blocks": ({"attn_weights": [B, H, T, T], "attn": [B, T, C],
+        "mlp": [B, T, C]}, ... per layer)}; None (inference) runs no dropout op at all."""
         x = self.embed(ids, position_ids)
         if drops is not None:
-            x = layers.dropout(x, drops[0], self.elementwise_dtype)
+            x = layers.dropout(x, drops["embed"], self.elementwise_dtype)
         present = ()
         intermediates = (x,)
         for i in range(len(self.blocks)):
-            block_drops = None if drops is None else drops[1 + 3 * i:4 + 3 * i]
+            block_drops = None if drops is None else drops["blocks"][i]
             x, layer_present, extras = self.blocks[i](x, mask, None if past is None else past[i], cache_write,
                                                       block_drops)
             present = present + (layer_present,)

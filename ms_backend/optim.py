@@ -107,17 +107,17 @@ def adamw_update(optimizer: AdamW, grads, clip=None):
     return optimizer.state_step
 
 
-def optimizer_state(optimizer: AdamW, names: dict) -> dict:
+def optimizer_state(optimizer: AdamW) -> dict:
     """{"m": {name: array}, "v": {name: array}, "step": int}: the first and second moments of each
-    parameter (by its params-dict name; `names` maps Parameter.name to it) and the update count."""
-    m = {names[p.name]: np.array(avg.asnumpy()) for p, avg in zip(optimizer.parameters, optimizer.exp_avg)}
-    v = {names[p.name]: np.array(avg.asnumpy()) for p, avg in zip(optimizer.parameters, optimizer.exp_avg_sq)}
+    parameter (by its Parameter name, which is its flattened params-dict name) and the update count."""
+    m = {p.name: np.array(avg.asnumpy()) for p, avg in zip(optimizer.parameters, optimizer.exp_avg)}
+    v = {p.name: np.array(avg.asnumpy()) for p, avg in zip(optimizer.parameters, optimizer.exp_avg_sq)}
     return {"m": m, "v": v, "step": int(optimizer.state_step.asnumpy())}
 
 
-def restore_optimizer_state(optimizer: AdamW, names: dict, state: dict) -> None:
+def restore_optimizer_state(optimizer: AdamW, state: dict) -> None:
     """Inverse of optimizer_state (shapes were checked by the caller)."""
     for p, m, v in zip(optimizer.parameters, optimizer.exp_avg, optimizer.exp_avg_sq):
-        overwrite(m, state["m"][names[p.name]], ms.float32)
-        overwrite(v, state["v"][names[p.name]], ms.float32)
+        overwrite(m, state["m"][p.name], ms.float32)
+        overwrite(v, state["v"][p.name], ms.float32)
     overwrite(optimizer.state_step, int(state["step"]), ms.int32)

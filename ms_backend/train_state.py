@@ -2,14 +2,15 @@
 
     DIR/config.json, model.safetensors   the float32 master weights (weights.save, "safetensors"):
                                          any gptspec tool, and transformers, load them
-    DIR/ms_trainer.json                  the Trainer's settings, its step count, the optimizer's
-                                         update count, the loss scaler's state and the dropout
-                                         masks' generator state (numpy bit_generator.state)
+    DIR/ms_trainer.json                  the Trainer's settings (the dropout seed among them), its
+                                         objective, its step count, the optimizer's update count
+                                         and the loss scaler's state
     DIR/ms_optimizer.npz                 AdamW's moments: m/<name> and v/<name> per parameter
     DIR/ms_head.npz                      the classifier head's w and b (fine-tuning only)
 
 Everything is stored bit for bit (float32 arrays; JSON writes a float's repr), so a resumed Trainer
-continues exactly as the saved one would have.
+continues exactly as the saved one would have (the dropout masks depend on the seed and the step
+count only, ref_numpy.dropout_seed).
 """
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ import numpy as np
 from ref_numpy import flatten_params
 
 from .device import overwrite
+from .objectives import Classifier
 from .optim import optimizer_state, restore_optimizer_state
 
 TRAINER_FILE = "ms_trainer.json"
 OPTIMIZER_FILE = "ms_optimizer.npz"
 HEAD_FILE = "ms_head.npz"
-FORMAT = "gptspec-ms-trainer-1"
+FORMAT = "gptspec-ms-trainer-2"     # 1: dropout from a saved generator state, the head as a flag
 # Settings that define the saved state's meaning: a resumed Trainer keeps them.
 STATE_SETTINGS = ("loss_scale", "initial_scale", "scale_window")
 
@@ -40,25 +42,31 @@ def trainer_settings(trainer) -> dict:
                 warmup_steps=h["warmup_steps"], total_steps=h["total_steps"], min_lr=h["min_lr"],
                 schedule=h["schedule"], betas=list(h["betas"]), eps=h["eps"], weight_decay=h["weight_decay"],
                 max_grad_norm=h["max_grad_norm"], loss_scale=loss_scale, initial_scale=initial_scale,
-                scale_window=scale_window, dropout=trainer.dropout, seed=trainer.seed, lm_coef=trainer.lm_coef)
+                scale_window=scale_window, dropout=trainer.dropout, seed=trainer.seed)
+
+
+def objective_description(objective) -> dict:
+    """What a checkpoint records of the objective (the head's values go to HEAD_FILE)."""
+    if isinstance(objective, Classifier):
+        return {"name": "classifier", "task": objective.task, "lm_coef": objective.lm_coef}
+    return {"name": "lm"}
 
 
 def save_trainer(trainer, folder) -> Path:
     import weights
 
     folder = weights.save(trainer.params_numpy(), trainer.config, folder, format="safetensors")
-    state = optimizer_state(trainer.optimizer, trainer.names)
+    state = optimizer_state(trainer.optimizer)
     arrays = {f"m/{name}": array for name, array in state["m"].items()}
     arrays.update({f"v/{name}": array for name, array in state["v"].items()})
     with open(folder / OPTIMIZER_FILE, "wb") as file:
         np.savez(file, **arrays)
-    if trainer.head is not None:
+    if trainer.head_numpy() is not None:
         with open(folder / HEAD_FILE, "wb") as file:
             np.savez(file, **trainer.head_numpy())
-    meta = {"format": FORMAT, "settings": trainer_settings(trainer), "has_head": trainer.head is not None,
-            "step": trainer.step_count,
-            "optimizer_step": state["step"], "scaler": trainer.scaler.state(),
-            "dropout_rng": trainer.rng.bit_generator.state}
+    meta = {"format": FORMAT, "settings": trainer_settings(trainer),
+            "objective": objective_description(trainer.objective), "step": trainer.step_count,
+            "optimizer_step": state["step"], "scaler": trainer.scaler.state()}
     (folder / TRAINER_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return folder
 
@@ -72,7 +80,9 @@ def _read_state(folder: Path, names) -> tuple[dict, dict]:
                              f"(weights alone load with weights.load)")
     meta = json.loads((folder / TRAINER_FILE).read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{folder / TRAINER_FILE} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise ValueError(f"{folder / TRAINER_FILE} has format {meta.get('format')!r}, expected {FORMAT!r} (a "
+                         f"checkpoint of an earlier gptspec: resume it with that version, or start a new run "
+                         f"from its weights)")
     with np.load(folder / OPTIMIZER_FILE) as stored:
         arrays = dict(stored)
     moments = {"m": {}, "v": {}, "step": int(meta["optimizer_step"])}
@@ -89,24 +99,28 @@ def _read_state(folder: Path, names) -> tuple[dict, dict]:
 
 
 def _restore(trainer, meta: dict, moments: dict) -> None:
-    restore_optimizer_state(trainer.optimizer, trainer.names, moments)
+    restore_optimizer_state(trainer.optimizer, moments)
     trainer.scaler.restore(meta["scaler"])
     trainer.step_count = int(meta["step"])
-    if "dropout_rng" in meta:  # the next step draws the masks the saved Trainer would have drawn
-        trainer.rng.bit_generator.state = meta["dropout_rng"]
 
 
 def _shapes(trainer) -> dict:
-    return {trainer.names[p.name]: tuple(p.shape) for p in trainer.optimizer.parameters}
+    return {p.name: tuple(p.shape) for p in trainer.optimizer.parameters}
 
 
-def _read_head(folder: Path, meta: dict):
-    if not meta.get("has_head"):
-        return None
+def _read_head(folder: Path) -> dict:
     if not (folder / HEAD_FILE).is_file():
         raise ValueError(f"{folder} was saved with a classifier head but {HEAD_FILE} is missing: it cannot be resumed")
     with np.load(folder / HEAD_FILE) as stored:
         return {"w": stored["w"], "b": stored["b"]}
+
+
+def _saved_objective(folder: Path, meta: dict):
+    """The objective `folder` was trained on, with its saved head."""
+    described = meta["objective"]
+    if described["name"] == "classifier":
+        return Classifier(_read_head(folder), task=described["task"], lm_coef=described["lm_coef"])
+    return None
 
 
 def load_trainer(cls, folder, **overrides):
@@ -115,8 +129,7 @@ def load_trainer(cls, folder, **overrides):
 
     folder = Path(folder)
     config, params = weights.load(folder)
-    if not (folder / TRAINER_FILE).is_file():
-        _read_state(folder, {})  # raises: the missing-state error
+    _read_state(folder, {})  # the files' presence and format, before anything else reads them
     meta = json.loads((folder / TRAINER_FILE).read_text(encoding="utf-8"))
     fixed = sorted(set(overrides) & set(STATE_SETTINGS))
     if fixed:
@@ -124,7 +137,7 @@ def load_trainer(cls, folder, **overrides):
                          f"the saved setting")
     settings = {**meta.get("settings", {}), **overrides}
     settings["betas"] = tuple(settings["betas"])
-    trainer = cls(config, params, head=_read_head(folder, meta), **settings)
+    trainer = cls(config, params, objective=_saved_objective(folder, meta), **settings)
     meta, moments = _read_state(folder, _shapes(trainer))
     _restore(trainer, meta, moments)
     return trainer
@@ -144,13 +157,12 @@ def restore_into(trainer, folder) -> None:
     if saved_scale != tuple(trainer.loss_scale_setting):
         raise ValueError(f"{folder} was saved with loss_scale, initial_scale, scale_window = {saved_scale}, "
                          f"this Trainer has {tuple(trainer.loss_scale_setting)}")
-    if meta.get("has_head", False) != (trainer.head is not None):
-        raise ValueError(f"{folder} was saved {'with' if meta.get('has_head') else 'without'} a classifier head, "
-                         f"this Trainer has {'one' if trainer.head is not None else 'none'}")
+    saved, mine = meta["objective"], objective_description(trainer.objective)
+    if saved != mine:
+        raise ValueError(f"{folder} was trained on the objective {saved}, this Trainer's is {mine}")
     flat = flatten_params(params)
-    head = _read_head(folder, meta)
-    if head is not None:
-        flat.update({f"head.{key}": value for key, value in head.items()})
+    if saved["name"] == "classifier":
+        flat.update({f"head.{key}": value for key, value in _read_head(folder).items()})
     for p in trainer.optimizer.parameters:
-        overwrite(p, np.asarray(flat[trainer.names[p.name]], np.float32), ms.float32)
+        overwrite(p, np.asarray(flat[p.name], np.float32), ms.float32)
     _restore(trainer, meta, moments)

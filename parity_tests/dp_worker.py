@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         batch = [shard(array, topology) for array in global_batch(config, args.rows)]
         trainer = DataParallelTrainer(Trainer(config, tiny_params(config), mode=args.mode, **TRAINER_SETTINGS),
                                       topology)
-        _, grads = trainer.grads_numpy(*batch)
+        _, grads, _ = trainer.grads_numpy(*batch)
         results = [trainer.step(*batch) for _ in range(N_STEPS)]
     except DataParallelError as error:
         print(f"dp_worker: error: {error}", file=sys.stderr, flush=True)

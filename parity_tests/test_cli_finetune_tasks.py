@@ -226,13 +226,14 @@ def test_choice_resume_is_bit_exact(choice_files, tmp_path, monkeypatch):
     import numpy as np
 
     import ref_numpy
-    from gptspec.training.classify_backend import NumpyClassifierBackend, load_classifier
+    from gptspec.training.backends import NumpyBackend
+    from gptspec.training.classify_backend import load_classifier
 
     args = ["finetune", "--task", "choice", "--data", str(choice_files / "train.jsonl"), "--valid",
             str(choice_files / "valid.csv"), "--context-column", "question", *TINY, "--steps", "6",
             "--eval-every", "2"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-    interrupt_during_step(monkeypatch, NumpyClassifierBackend, 1)
+    interrupt_during_step(monkeypatch, NumpyBackend, 1)
     assert main([*args, "--out", str(tmp_path / "parts")]) == 130
     monkeypatch.undo()
     assert main(["finetune", "--resume", str(tmp_path / "parts"), "--no-progress"]) == 0

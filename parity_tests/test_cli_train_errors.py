@@ -181,6 +181,7 @@ def test_grad_accumulation_equals_the_whole_batch(tokenizer):
     from gptspec.compare import assert_close
     from gptspec.tolerances import backward_bound
     from gptspec.training.backends import Hyper, NumpyBackend
+    from gptspec.training.objectives import LanguageModelling
 
     text = bpe_trainer.training_text(max_chars=4000)
     docs = [Document(text[i * 40:i * 40 + 10 + 25 * i]) for i in range(4)]       # 10 to 85 characters
@@ -188,9 +189,10 @@ def test_grad_accumulation_equals_the_whole_batch(tokenizer):
     counts = (windows.targets != IGNORE_INDEX).sum(axis=1)
     assert len(set(counts[:2].tolist() + [counts[2:].sum()])) > 1                # unequal shares
     config = ref_numpy.GPTConfig(n_vocab=tokenizer.n_vocab, n_ctx=32, n_embd=16, n_head=2, n_layer=2)
-    backend = NumpyBackend(config, ref_numpy.init_params(config, 0), Hyper(lr=1e-3, total_steps=1), dtype=np.float64)
-    whole_loss, whole = backend.batch_loss_and_grads(0, [windows.rows(slice(0, 4))])
-    parts_loss, parts = backend.batch_loss_and_grads(0, [windows.rows(slice(0, 1)), windows.rows(slice(1, 4))])
+    backend = NumpyBackend(config, ref_numpy.init_params(config, 0), Hyper(lr=1e-3, total_steps=1), LanguageModelling(),
+                           dtype=np.float64)
+    whole_loss, whole, _ = backend.batch_loss_and_grads(0, [windows.rows(slice(0, 4))])
+    parts_loss, parts, _ = backend.batch_loss_and_grads(0, [windows.rows(slice(0, 1)), windows.rows(slice(1, 4))])
     bound = backward_bound(config, "float64", windows.inputs.size)
     assert_close("loss", parts_loss, whole_loss, bound)
     flat_parts = ref_numpy.flatten_params(parts)

@@ -146,7 +146,8 @@ def test_finetune_resume_is_bit_exact(task_files, tmp_path, monkeypatch, capsys)
     import numpy as np
 
     import ref_numpy
-    from gptspec.training.classify_backend import NumpyClassifierBackend, load_classifier
+    from gptspec.training.backends import NumpyBackend
+    from gptspec.training.classify_backend import load_classifier
 
     args = ["finetune", "--task", "classify", "--data", str(task_files / "train.csv"), "--valid",
             str(task_files / "valid.jsonl"), "--text-column", "paragraph", "--label-column", "source", *TINY,
@@ -156,7 +157,7 @@ def test_finetune_resume_is_bit_exact(task_files, tmp_path, monkeypatch, capsys)
     losses = [[r["loss"] for r in read_log(tmp_path / run / "log.jsonl") if "loss" in r]
               for run in ("whole", "no-dropout")]
     assert losses[0][0] != losses[1][0]   # --dropout reaches the loss
-    interrupt_during_step(monkeypatch, NumpyClassifierBackend, 2)
+    interrupt_during_step(monkeypatch, NumpyBackend, 2)
     assert main([*args, "--out", str(tmp_path / "parts")]) == 130
     monkeypatch.undo()
     assert main(["finetune", "--resume", str(tmp_path / "parts"), "--no-progress"]) == 0

@@ -329,20 +329,17 @@ def test_gptspec_train_refuses_what_cannot_run_data_parallel():
     from gptspec.training.run import data_parallel
 
     with pytest.raises(DataParallelError, match=r"^--batch-size has 5 rows, which does not split evenly over 2 ranks"):
-        data_parallel(object(), {"backend": "mindspore", "batch_size": 5}, 0, 2)
+        data_parallel(object(), {"backend": "mindspore", "batch_size": 5, "grad_accum": 1}, 0, 2)
     with pytest.raises(ValueError, match=r"^--backend numpy cannot train data-parallel under msrun \(2 workers\)"):
-        data_parallel(object(), {"backend": "numpy", "batch_size": 4}, 0, 2)
+        data_parallel(object(), {"backend": "numpy", "batch_size": 4, "grad_accum": 1}, 0, 2)
     backend = object()
     assert data_parallel(backend, {"backend": "numpy", "batch_size": 5}, 0, 1) is backend
 
 
-def test_finetune_under_msrun_is_refused_not_trained_alone_on_every_rank(monkeypatch):
-    """finetune has no data-parallel path yet: under msrun it must refuse, not let every rank train
-    on its own shard and write the same folder."""
-    from gptspec.training.run import single_process
+def test_micro_batches_that_do_not_split_over_the_ranks_are_refused():
+    """--grad-accum under msrun: each micro-batch (--batch-size / --grad-accum rows) is split over the
+    ranks, so it must divide evenly too -- one line naming both options."""
+    from gptspec.training.run import data_parallel
 
-    monkeypatch.setenv("MS_WORKER_NUM", "2")
-    with pytest.raises(ValueError, match=r"under msrun \(2 workers\) is not supported yet"):
-        single_process()
-    monkeypatch.setenv("MS_WORKER_NUM", "1")
-    assert single_process() == (0, 1)
+    with pytest.raises(DataParallelError, match=r"^each micro-batch \(--batch-size 6 / --grad-accum 2\) has 3 rows"):
+        data_parallel(object(), {"backend": "mindspore", "batch_size": 6, "grad_accum": 2}, 0, 2)

@@ -48,7 +48,7 @@ def float32_model(config, seed):
 def gradient_comparisons(trainer, config, params32, params64, batch):
     """[(Comparison vs the derived bound, Comparison vs the measured noise)] per tensor, and the losses."""
     inputs, targets, mask = batch
-    loss, grads = trainer.grads_numpy(inputs, targets, mask)
+    loss, grads, _ = trainer.grads_numpy(inputs, targets, mask)
     loss64, grads64 = R.loss_and_grads(config, params64, inputs, targets, attention_mask=mask)
     _, grads32 = R.loss_and_grads(config, params32, inputs, targets, attention_mask=mask)
     flat, flat64, flat32 = (R.flatten_params(g) for g in (grads, grads64, grads32))
@@ -135,7 +135,7 @@ def assert_updates_match_the_spec(trainer, config, batch, n_steps):
     for step in range(trainer.step_count, trainer.step_count + n_steps):
         before = R.cast_params(trainer.params_numpy(), np.float64)
         loss64 = R.cross_entropy(R.forward(config, before, inputs, attention_mask=mask)[0], targets)
-        _, grads = trainer.grads_numpy(inputs, targets, mask)
+        _, grads, _ = trainer.grads_numpy(inputs, targets, mask)
         want, norm, lr = spec_update(trainer, config, grads, step)
         result = trainer.step(inputs, targets, mask)
         assert not result.skipped and result.lr == lr
@@ -167,7 +167,7 @@ def test_pynative_computes_what_graph_computes(graph_trainer):
     config, graph = graph_trainer
     eager = Trainer(config, graph.params_numpy(), mode="pynative", **UPDATE_SETTINGS)
     batch = padded_batch(config, **GRAPH_BATCH)
-    (loss_graph, g_graph), (loss_eager, g_eager) = graph.grads_numpy(*batch), eager.grads_numpy(*batch)
+    (loss_graph, g_graph, _), (loss_eager, g_eager, _) = graph.grads_numpy(*batch), eager.grads_numpy(*batch)
     assert abs(loss_graph - loss_eager) <= 2 * forward_bound(config, "float32").allowed(loss_graph)
     for name, g in R.flatten_params(g_graph).items():
         derived, _ = ms_backward_bounds(config, batch[0].size, g, g)
@@ -205,7 +205,7 @@ def test_124m_gradients_match_the_float64_spec():
     params32 = R.init_params(config, seed=0)
     ids = np.random.default_rng(0).integers(0, config.n_vocab, (1, 33))
     inputs, targets = ids[:, :-1], ids[:, 1:]
-    loss, grads = Trainer(config, params32, mode="graph", loss_scale=None).grads_numpy(inputs, targets)
+    loss, grads, _ = Trainer(config, params32, mode="graph", loss_scale=None).grads_numpy(inputs, targets)
     loss64, grads64 = R.loss_and_grads(config, R.cast_params(params32, np.float64), inputs, targets)
     assert abs(loss - loss64) <= forward_bound(config, "float32").allowed(loss64)
     flat = R.flatten_params(grads)

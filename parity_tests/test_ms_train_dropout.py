@@ -1,6 +1,7 @@
 """ms_backend.Trainer with dropout against the spec: the Trainer draws the spec's masks
 (ref_numpy.dropout_masks, from numpy.random.default_rng(seed)) and feeds them to its compiled step,
-so with the same seed its gradients are the spec's loss_and_grads(..., dropout=p, seed=seed).
+so with the same seed its gradients are the spec's loss_and_grads(..., dropout=p, seed=seed).  In
+training, micro-batch k of step s uses seed ref_numpy.dropout_seed(run seed, s, k).
 
 Graph compilation dominates (~5 s per gradient graph, ~15 s for a training step): one graph Trainer
 per architecture, fixed shapes; the save/resume test runs in PyNative.
@@ -15,7 +16,7 @@ pytest.importorskip("mindspore", reason="the MindSpore backend needs the `mindsp
 import ref_numpy as R  # noqa: E402
 from gptspec.compare import compare  # noqa: E402
 from gptspec.tolerances import amp_backward_bound, forward_bound, ms_backward_bounds, ms_update_bound  # noqa: E402
-from ms_backend.train import Trainer  # noqa: E402
+from ms_backend import Classifier, Trainer  # noqa: E402
 
 from .test_ms_train import CONFIGS, float32_model, padded_batch, spec_update  # noqa: E402
 
@@ -41,7 +42,7 @@ def test_graph_gradients_with_dropout_match_the_float64_spec_with_the_same_seed(
     """Every tensor within backward_bound (and 8x the spec's own float32 noise) of the float64 spec
     with the same masks; with another seed's masks, or none, they are far outside it."""
     config, trainer, params32, params64, (inputs, targets, mask) = graph_trainer
-    loss, grads = trainer.grads_numpy(inputs, targets, mask, seed=7)
+    loss, grads, _ = trainer.grads_numpy(inputs, targets, mask, seed=7)
     loss64, grads64 = R.loss_and_grads(config, params64, inputs, targets, attention_mask=mask, dropout=P, seed=7)
     _, grads32 = R.loss_and_grads(config, params32, inputs, targets, attention_mask=mask, dropout=P, seed=7)
     flat, flat64, flat32 = (R.flatten_params(g) for g in (grads, grads64, grads32))
@@ -63,13 +64,12 @@ def test_graph_gradients_with_dropout_match_the_float64_spec_with_the_same_seed(
 
 @pytest.mark.parametrize("graph_trainer", ["gpt2"], indirect=True)  # the update is the arch's: one step graph
 def test_two_steps_with_dropout_are_the_spec_updates_with_the_trainers_masks(graph_trainer):
-    """Step k's masks are the k-th draw of default_rng(seed): the gradients of those masks
-    (grads_numpy with a Generator replaying the Trainer's draws), clipped and AdamW'd by the spec
-    in float64, are each step's update within ms_update_bound."""
+    """Step k's masks are those of default_rng(dropout_seed(seed, k, 0)): the gradients of those
+    masks (grads_numpy with that seed), clipped and AdamW'd by the spec in float64, are each step's
+    update within ms_update_bound."""
     config, trainer, _, _, (inputs, targets, mask) = graph_trainer
-    replay = np.random.default_rng(SETTINGS["seed"])
     for step in range(2):
-        loss, grads = trainer.grads_numpy(inputs, targets, mask, seed=replay)  # draws the step's masks
+        loss, grads, _ = trainer.grads_numpy(inputs, targets, mask, seed=R.dropout_seed(SETTINGS["seed"], step, 0))
         want, norm, lr = spec_update(trainer, config, grads, step)
         result = trainer.step(inputs, targets, mask)
         assert not result.skipped and result.lr == lr and trainer.step_count == step + 1
@@ -85,8 +85,8 @@ def test_two_steps_with_dropout_are_the_spec_updates_with_the_trainers_masks(gra
 
 def test_save_and_load_mid_run_resumes_with_the_same_masks(tmp_path):
     """Train 1 step, save, train 2 more; a Trainer loaded from the save, trained 2 steps, has the same
-    parameters bit for bit -- only if it draws the masks the saved one would have (the generator's
-    state is in the checkpoint: a fresh default_rng(seed) would redraw step 0's masks)."""
+    parameters bit for bit -- only if it draws the masks the saved one would have (they follow the
+    seed, saved, and the step count, restored); a Trainer with another seed draws others."""
     config = CONFIGS["gpt2"]
     settings = {**SETTINGS, "loss_scale": "dynamic"}
     trainer = Trainer(config, float32_model(config, 4)[0], mode="pynative", **settings)
@@ -103,14 +103,13 @@ def test_save_and_load_mid_run_resumes_with_the_same_masks(tmp_path):
     assert all(np.array_equal(got[k], want[k]) for k in want)
 
     into = Trainer(config, float32_model(config, 5)[0], mode="pynative", **settings)  # resume(): the CLI's path
-    into.resume(tmp_path / "run")  # its generator is at draw 0: resume must move it to draw 1
+    into.resume(tmp_path / "run")  # its step count is 0: resume must set it to 1, and the masks follow
     for _ in range(2):
         into.step(inputs, targets, mask)
     got = R.flatten_params(into.params_numpy())
     assert all(np.array_equal(got[k], want[k]) for k in want)
 
-    fresh = Trainer.load(tmp_path / "run")
-    fresh.rng = np.random.default_rng(SETTINGS["seed"])  # what a checkpoint without the state would do
+    fresh = Trainer.load(tmp_path / "run", seed=SETTINGS["seed"] + 1)
     for _ in range(2):
         fresh.step(inputs, targets, mask)
     assert not np.array_equal(fresh.params_numpy()["wte"], trainer.params_numpy()["wte"])
@@ -125,14 +124,27 @@ def test_grads_numpy_with_dropout_needs_a_seed():
         Trainer(config, float32_model(config, 1)[0], dropout=1.0)
 
 
-def test_data_parallel_with_dropout_is_refused_not_run_with_the_same_masks_on_every_rank():
-    from ms_backend.distributed import DataParallelError, DataParallelTrainer, Topology
-
+def test_data_parallel_ranks_keep_their_rows_of_the_whole_batchs_masks():
+    """Data parallel (no cluster needed): rank r of 2 draws the whole batch's masks and keeps its
+    rows (placement), and divides by the global target count, so the two ranks' gradients add up to
+    one process's on the whole batch -- the same masks; a rank drawing for its own rows alone would
+    not."""
     config = CONFIGS["gpt2"]
-    trainer = Trainer(config, float32_model(config, 1)[0], mode="pynative", dropout=P, seed=0)
-    with pytest.raises(DataParallelError, match=r"data parallel with dropout > 0 \(p=0.1\) is not implemented"):
-        DataParallelTrainer(trainer, Topology(0, 2))
-    assert DataParallelTrainer(trainer, Topology(0, 1)).trainer is trainer  # one process: nothing to refuse
+    params32, _ = float32_model(config, 1)
+    trainer = Trainer(config, params32, mode="pynative", loss_scale=None, dropout=P, seed=0)
+    inputs, targets, mask = padded_batch(config, lengths=[9, 5, 7, 2], length=9, seed=3, side="right")
+    whole = trainer.grads_numpy(inputs, targets, mask, seed=7)
+    totals = {"targets": int(np.count_nonzero(targets != R.IGNORE_INDEX))}
+    halves = [trainer.grads_numpy(inputs[rows], targets[rows], mask[rows], seed=7, totals=totals, placement=(first, 4))
+              for first, rows in ((0, slice(0, 2)), (2, slice(2, 4)))]
+    assert abs(halves[0].loss + halves[1].loss - whole.loss) <= forward_bound(config, "float32").allowed(whole.loss)
+    flat, parts = R.flatten_params(whole.grads), [R.flatten_params(h.grads) for h in halves]
+    bound = ms_backward_bounds(config, inputs.size, flat["wte"], flat["wte"])[0]
+    failures = [c.describe() for name, g in flat.items()
+                if not (c := compare(name, parts[0][name] + parts[1][name], g, bound)).passed]
+    assert not failures, "\n".join(failures)
+    alone = trainer.grads_numpy(inputs[2:], targets[2:], mask[2:], seed=7, totals=totals)  # its own rows' draw
+    assert not compare("wte", parts[0]["wte"] + R.flatten_params(alone.grads)["wte"], flat["wte"], bound).passed
 
 
 def test_classifier_head_with_dropout_matches_the_spec_with_the_same_seed():
@@ -146,7 +158,8 @@ def test_classifier_head_with_dropout_matches_the_spec_with_the_same_seed():
     head32 = R.init_classifier(config, 3, seed=1)
     head64 = R.cast_params(head32, np.float64)
     ids, mask, labels, positions = classification_batch(config)
-    trainer = Trainer(config, params32, mode="pynative", loss_scale=None, head=head32, dropout=P, seed=0)
+    trainer = Trainer(config, params32, mode="pynative", loss_scale=None, objective=Classifier(head32), dropout=P,
+                      seed=0)
     loss, grads, head_grads = trainer.grads_numpy(ids, labels, mask, clf_positions=positions, seed=3)
     loss64, grads64, head_grads64 = R.classifier_loss_and_grads(config, params64, head64, ids, labels, positions,
                                                                 attention_mask=mask, dropout=P, seed=3)
@@ -173,7 +186,7 @@ def test_fp16_amp_gradients_with_dropout_match_the_spec():
     params32, params64 = float32_model(config, 3)
     inputs, targets, mask = padded_batch(config, **BATCHES["gpt2"])
     trainer = Trainer(config, params32, amp_level="O2", dtype="float16", mode="pynative", dropout=P, seed=0)
-    _, grads = trainer.grads_numpy(inputs, targets, mask, seed=7)
+    _, grads, _ = trainer.grads_numpy(inputs, targets, mask, seed=7)
     _, grads64 = R.loss_and_grads(config, params64, inputs, targets, attention_mask=mask, dropout=P, seed=7)
     bound, flat = amp_backward_bound(config, "O2"), R.flatten_params(grads)
     failures = [c.describe() for name, g in R.flatten_params(grads64).items()
@@ -181,26 +194,24 @@ def test_fp16_amp_gradients_with_dropout_match_the_spec():
     assert not failures, "\n".join(failures)
 
 
-def test_the_cli_backend_hands_dropout_and_seed_to_the_trainer():
+def test_the_cli_backend_draws_the_numpy_backends_masks():
     """gptspec train --backend mindspore --dropout p --seed s: the adapter's Trainer drops with p,
-    step k draws from the NumPy backend's generator default_rng(dropout_seed(s, k, 0)) (the
-    adapter's StepSeededDropout, never replaced), and one step draws exactly one set of masks of
-    the batch's shape."""
-    from gptspec.training.backends import Hyper, dropout_seed
+    and step k's masks are the NumPy backend's (default_rng(dropout_seed(s, k, 0))): each step's
+    loss is the loss of those masks at the step's start, and another step's masks give another."""
+    from gptspec.training.backends import Hyper
     from gptspec.training.ms_backend_adapter import MindSporeBackend
+    from gptspec.training.objectives import LanguageModelling
 
     config = CONFIGS["gpt2"]
     backend = MindSporeBackend(config, float32_model(config, 1)[0], Hyper(lr=1e-3, total_steps=4, dropout=P, seed=9),
-                               mode="pynative")
-    assert backend.trainer.dropout == P and backend.trainer.seed == 9
+                               LanguageModelling(), mode="pynative")
+    trainer = backend.trainer
+    assert trainer.dropout == P and trainer.seed == 9
     inputs, targets, mask = padded_batch(config, **BATCHES["gpt2"])
-    result = backend.train_step(0, [(inputs, targets, mask)])
-    assert np.isfinite(result.loss) and not result.skipped
-    generator = backend.trainer.rng      # the backend's one dropout generator, handed over once
+    bound = forward_bound(config, "float32")
     for step in (0, 1):
-        if step:
-            backend.train_step(step, [(inputs, targets, mask)])
-        replay = np.random.default_rng(dropout_seed(9, step, 0))
-        R.dropout_masks(config, *inputs.shape, P, replay, np.float32)  # one step's draw
-        assert backend.trainer.rng is generator
-        assert generator.bit_generator.state == replay.bit_generator.state
+        expected = trainer.grads_numpy(inputs, targets, mask, seed=R.dropout_seed(9, step, 0)).loss
+        other = trainer.grads_numpy(inputs, targets, mask, seed=R.dropout_seed(9, step + 1, 0)).loss
+        result = backend.train_step(step, [(inputs, targets, mask)])
+        assert abs(result.loss - expected) <= bound.allowed(expected), (step, result.loss, expected)
+        assert abs(result.loss - other) > bound.allowed(other), "the masks must differ from step to step"

@@ -26,8 +26,8 @@ def test_recompute_gradients_match_the_float64_spec(arch):
     # MindSpore's own mark of a Cell configured by recompute() (its only public trace is the graph)
     assert all(block._has_config_recompute for block in recomputed.model.blocks)
     assert_gradients_match(recomputed, config, params32, params64, batch)
-    loss, grads = recomputed.grads_numpy(*batch)
-    loss_kept, grads_kept = Trainer(config, params32, mode="graph", loss_scale=None).grads_numpy(*batch)
+    loss, grads, _ = recomputed.grads_numpy(*batch)
+    loss_kept, grads_kept, _ = Trainer(config, params32, mode="graph", loss_scale=None).grads_numpy(*batch)
     assert loss == loss_kept
     for name, g in R.flatten_params(grads_kept).items():
         np.testing.assert_array_equal(R.flatten_params(grads)[name], g, err_msg=name)

@@ -49,8 +49,8 @@ def test_a_fully_padded_row_changes_nothing(model, eager):
     inputs_p = np.concatenate([inputs, np.zeros_like(inputs[:1])])
     targets_p = np.concatenate([targets, np.full_like(targets[:1], -100)])
     mask_p = np.concatenate([mask, np.zeros_like(mask[:1])])
-    loss, grads = eager.grads_numpy(inputs, targets, mask)
-    loss_p, grads_p = eager.grads_numpy(inputs_p, targets_p, mask_p)
+    loss, grads, _ = eager.grads_numpy(inputs, targets, mask)
+    loss_p, grads_p, _ = eager.grads_numpy(inputs_p, targets_p, mask_p)
     assert all(np.isfinite(g).all() for g in R.flatten_params(grads_p).values())
     assert abs(loss_p - loss) <= 1e-6 * abs(loss)
     assert_grads_close(CONFIG, grads_p, grads, backward_reorder_bound(CONFIG, "float32", inputs_p.size))
@@ -67,7 +67,7 @@ def test_a_batch_of_one_token(model, eager):
     """B = T = 1: one prediction from one token, as the spec computes it.  (Only the derived bound:
     the measured noise of sums of one or two terms is one rounding's luck, not a noise level.)"""
     params32, params64 = model
-    loss, grads = eager.grads_numpy([[7]], [[3]])
+    loss, grads, _ = eager.grads_numpy([[7]], [[3]])
     loss64, grads64 = R.loss_and_grads(CONFIG, params64, [[7]], [[3]])
     _, grads32 = R.loss_and_grads(CONFIG, params32, [[7]], [[3]])
     assert abs(loss - loss64) <= 1e-5 * loss64
@@ -86,7 +86,7 @@ def test_a_batch_of_one_token_with_one_head(arch):
     loss64, grads64 = R.loss_and_grads(config, params64, [[7]], [[3]])
     _, grads32 = R.loss_and_grads(config, params32, [[7]], [[3]])
     for mode in ("pynative", "graph"):
-        loss, grads = Trainer(config, params32, mode=mode, loss_scale=None).grads_numpy([[7]], [[3]])
+        loss, grads, _ = Trainer(config, params32, mode=mode, loss_scale=None).grads_numpy([[7]], [[3]])
         assert abs(loss - loss64) <= 1e-5 * loss64
         for name, g64 in R.flatten_params(grads64).items():
             derived, _ = ms_backward_bounds(config, 1, R.flatten_params(grads32)[name], g64)

@@ -38,10 +38,10 @@ from .backward import (attention_backward, dropout_backward, embed_backward, gel
                        gpt1_block_backward, gpt2_block_backward, layer_norm_backward, linear_backward,
                        lm_head_backward, merge_heads_backward, mha_backward, mlp_backward, softmax_backward,
                        split_heads_backward)
-from .loss import cross_entropy, cross_entropy_backward, log_sum_exp  # noqa: E402
+from .loss import IGNORE_INDEX, cross_entropy, cross_entropy_backward, log_sum_exp  # noqa: E402
 from .train import loss_and_grads, train_backward, train_forward  # noqa: E402
 from .validation import check_dropout, check_targets  # noqa: E402
-__all__ += ["cross_entropy", "cross_entropy_backward", "log_sum_exp", "check_targets", "check_dropout",
+__all__ += ["IGNORE_INDEX", "cross_entropy", "cross_entropy_backward", "log_sum_exp", "check_targets", "check_dropout",
             "linear_backward", "gelu_backward", "softmax_backward", "layer_norm_backward", "split_heads_backward",
             "merge_heads_backward", "dropout_backward", "attention_backward", "mha_backward", "mlp_backward",
             "gpt2_block_backward", "gpt1_block_backward", "embed_backward", "lm_head_backward",
@@ -60,7 +60,7 @@ from .classifier import (choice_logits, choice_loss_and_grads, init_choice_head,
                          similarity_loss_and_grads)
 __all__ += ["similarity_logits", "similarity_loss_and_grads", "init_choice_head", "choice_logits",
             "choice_loss_and_grads"]
-# Dropout multipliers of one training forward, drawn in the spec's order (train.py): a backend that
-# draws no random numbers of its own takes these as inputs.
-from .train import dropout_masks  # noqa: E402
-__all__ += ["dropout_masks"]
+# Dropout multipliers of one training forward, drawn in the spec's order, and the seed of a training
+# run's micro-batch (train.py): a backend that draws no random numbers of its own takes these as inputs.
+from .train import dropout_masks, dropout_seed  # noqa: E402
+__all__ += ["dropout_masks", "dropout_seed"]

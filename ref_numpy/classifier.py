@@ -31,7 +31,7 @@ import numpy as np
 from .backward import lm_head_backward
 from .config import GPTConfig
 from .data import shift_targets
-from .loss import cross_entropy, cross_entropy_backward
+from .loss import IGNORE_INDEX, cross_entropy, cross_entropy_backward
 from .model import lm_head, prepare_inputs
 from .params import check_params
 from .train import apply_dropout, dropout_scale, train_backward, train_forward
@@ -198,7 +198,7 @@ def fine_tuning_pass(config: GPTConfig, params: dict, ids, mask, positions, head
         if n_tokens < 2:
             raise ValueError("ids has one token per row: the LM loss needs at least 2 (or pass lm_coef=0)")
         _, lm_targets, _ = shift_targets(ids, mask)
-        if (lm_targets == -100).all():
+        if (lm_targets == IGNORE_INDEX).all():
             raise ValueError("no row has two real tokens in a row: the LM loss has no targets (pass lm_coef=0)")
 
     rng = np.random.default_rng(seed)
@@ -305,6 +305,29 @@ def similarity_loss_and_grads(config: GPTConfig, params: dict, head: dict, ids_a
 
     return fine_tuning_pass(config, params, ids, mask, positions, head_loss, lm_coef=lm_coef, dropout=dropout,
                             seed=seed)
+
+
+# ---- Fine-tuning batches: one array per example -> the rows the model reads -----------------------
+
+EXAMPLE_LAYOUTS = {"classify": "[E, T]", "entail": "[E, T]", "similar": "[E, 2, T] (a+b, b+a)",
+                   "choice": "[E, N, T] (one row per answer)"}
+
+
+def example_rows(task: str, array):
+    """A fine-tuning batch's per-example array (ids, attention mask or classify positions) -> the
+    model's rows, in the order this module's functions read them: classify and entail [E, ...]
+    unchanged; similar [E, 2, ...] -> the E a+b rows, then the E b+a rows; choice [E, N, ...] ->
+    [E*N, ...], example by example.  None stays None."""
+    if task not in EXAMPLE_LAYOUTS:
+        raise ValueError(f"task must be one of {tuple(EXAMPLE_LAYOUTS)}, got {task!r}")
+    if array is None or task in ("classify", "entail"):
+        return array
+    array = np.asarray(array)
+    if array.ndim < 2 or (task == "similar" and array.shape[1] != 2):
+        raise ValueError(f"a {task} batch's arrays are per example {EXAMPLE_LAYOUTS[task]}, got shape {array.shape}")
+    if task == "similar":
+        return np.concatenate([array[:, 0], array[:, 1]])
+    return array.reshape(-1, *array.shape[2:])
 
 
 # ---- Multiple choice: one score per answer, softmax over the answers (GPT-1 section 3.3) ------------

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .loss import IGNORE_INDEX
+
 PAD_SIDES = ("left", "right")
 
 
@@ -88,7 +90,7 @@ def pad_or_truncate(sequences, length, pad_id, *, side="right"):
     return ids, mask
 
 
-def shift_targets(ids, attention_mask=None, *, ignore_index=-100):
+def shift_targets(ids, attention_mask=None, *, ignore_index=IGNORE_INDEX):
     """Next-token inputs and targets from a batch of rows.
 
     ids             int [B, L], L >= 2
@@ -130,6 +132,6 @@ def shift_targets(ids, attention_mask=None, *, ignore_index=-100):
         mask = mask[:, :-1]
     if (targets[counted] == ignore_index).any():
         raise ValueError(f"ignore_index={ignore_index} is the id of a real target token in ids: that "
-                         f"token would be skipped by the loss; use an id outside the vocabulary (e.g. -100)")
+                         f"token would be skipped by the loss; use an id outside the vocabulary (e.g. IGNORE_INDEX = {IGNORE_INDEX})")
     targets[~counted] = ignore_index
     return inputs, targets, mask

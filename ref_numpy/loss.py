@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# The target id that means "nothing to predict here" (padding, a prompt trained without loss): the
+# one value every backend, data pipeline and check of this project uses (PyTorch's convention).
+IGNORE_INDEX = -100
+
 
 def _upcast(logits):
     """The reduction runs in at least float32: exp/sum in float16 lose ~3 digits over 50k logits."""
@@ -28,7 +32,7 @@ def log_sum_exp(x, axis=-1):
     return (top + np.log(np.sum(e, axis=axis, keepdims=True))).squeeze(axis)
 
 
-def cross_entropy(logits, targets, *, ignore_index=-100) -> float:
+def cross_entropy(logits, targets, *, ignore_index=IGNORE_INDEX) -> float:
     """Mean over the non-ignored targets of -log softmax(logits)[target].
 
     logits [..., V] float; targets int [...] (ids in [0, V) or ignore_index; validate them with
@@ -40,7 +44,7 @@ def cross_entropy(logits, targets, *, ignore_index=-100) -> float:
     return float(np.mean(log_sum_exp(x)[keep] - picked))  # every row's lse: cheaper than copying x[keep]
 
 
-def cross_entropy_backward(logits, targets, *, ignore_index=-100):
+def cross_entropy_backward(logits, targets, *, ignore_index=IGNORE_INDEX):
     """d loss / d logits, [..., V] in the dtype of logits: (softmax - onehot) / N on the rows with
     a target, zero on ignored rows; N = number of non-ignored targets."""
     x = _upcast(logits).reshape(-1, logits.shape[-1])  # [N_all, V]

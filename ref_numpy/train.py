@@ -27,7 +27,7 @@ import numpy as np
 from .backward import embed_backward, gpt1_block_backward, gpt2_block_backward, layer_norm_backward, lm_head_backward
 from .config import GPTConfig
 from .layers import attention, gelu, layer_norm, linear, merge_heads, split_heads
-from .loss import cross_entropy, cross_entropy_backward
+from .loss import IGNORE_INDEX, cross_entropy, cross_entropy_backward
 from .model import attention_mask_4d, embed, lm_head, prepare_inputs
 from .params import check_params
 from .validation import check_dropout, check_targets
@@ -68,6 +68,17 @@ def dropout_masks(config: GPTConfig, batch: int, n_tokens: int, p, rng, dtype=np
     embed_drop = dropout_scale((B, T, C), p, rng, dtype)
     blocks = [block_dropout_masks((B, T, C), H, p, rng, dtype) for _ in range(config.n_layer)]
     return {"embed": embed_drop, "blocks": blocks}
+
+
+def dropout_seed(seed: int, step: int, micro_batch: int) -> int:
+    """The seed of the dropout masks of one micro-batch of a training run: a function of the run's
+    seed, the update (step, 0-based) and the micro-batch's index in it only -- no generator state to
+    carry, so a resumed run draws exactly the masks an uninterrupted one would, and every backend
+    that seeds numpy.random.default_rng with it (then draws dropout_masks) drops the same elements."""
+    for name, value in (("seed", seed), ("step", step), ("micro_batch", micro_batch)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(np.random.SeedSequence([int(seed), int(step), int(micro_batch)]).generate_state(1)[0])
 
 
 def block_dropout_masks(x_shape, n_head, p, rng, dtype) -> dict:
@@ -187,8 +198,8 @@ def train_backward(config: GPTConfig, params: dict, tape: dict, d_hidden) -> dic
     return {key: grads[key] for key in params}  # the same key order as params
 
 
-def loss_and_grads(config: GPTConfig, params: dict, inputs, targets, *, attention_mask=None, ignore_index=-100,
-                   dropout=0.0, seed=None):
+def loss_and_grads(config: GPTConfig, params: dict, inputs, targets, *, attention_mask=None,
+                   ignore_index=IGNORE_INDEX, dropout=0.0, seed=None):
     """The language-modelling loss and its gradient with respect to every parameter.
 
     inputs int [B, T]; targets int [B, T] (the next token of each input, ignore_index where

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import GPTConfig
+from .loss import IGNORE_INDEX
 
 
 def as_token_ids(ids, config: GPTConfig, name: str = "ids") -> np.ndarray:
@@ -121,10 +122,12 @@ def check_sampling_args(*, temperature, top_k, top_p) -> None:
 
 # Training inputs (issue 11): shared by ref_numpy.loss_and_grads and the MindSpore trainer.
 
-def check_targets(targets, expected_shape, n_vocab: int, ignore_index: int = -100, name: str = "targets") -> np.ndarray:
+def check_targets(targets, expected_shape, n_vocab: int, ignore_index: int = IGNORE_INDEX, name: str = "targets", *,
+                  require_one: bool = True) -> np.ndarray:
     """targets int [B, T] -> int64, checked: the shape of the inputs it goes with, every id in
     [0, n_vocab) or equal to `ignore_index`, and at least one not ignored (else the mean loss
-    over the non-ignored targets is 0 / 0)."""
+    over the non-ignored targets is 0 / 0).  require_one=False allows none: one micro-batch of a
+    larger batch, whose mean is taken over the whole batch's targets."""
     arr = np.asarray(targets)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must be integer token ids, got dtype {arr.dtype}")
@@ -135,7 +138,7 @@ def check_targets(targets, expected_shape, n_vocab: int, ignore_index: int = -10
     if bad.any():
         raise ValueError(f"{name} contains id {arr[bad].flat[0]}, outside the vocabulary [0, {n_vocab}) "
                          f"and not ignore_index={ignore_index}")
-    if (arr == ignore_index).all():
+    if require_one and (arr == ignore_index).all():
         raise ValueError(f"every entry of {name} equals ignore_index={ignore_index}: the mean loss over "
                          f"no targets is undefined")
     return arr.astype(np.int64, copy=False)

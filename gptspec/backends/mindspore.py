@@ -68,18 +68,19 @@ class MindSporeBackend:
             self._trainers.clear()
             gc.collect()
             scaling = {} if self.amp_level != "O0" else {"loss_scale": None}
-            self._trainers[key] = ms_backend.Trainer(self.config, self.params, amp_level=self.amp_level,
-                                                     dtype=self.low_dtype, mode=self.mode, head=head,
-                                                     lm_coef=lm_coef, **scaling, **hyper)
+            objective = None if head is None else ms_backend.Classifier(head, "classify", lm_coef)
+            self._trainers[key] = ms_backend.Trainer(self.config, self.params, objective=objective,
+                                                     amp_level=self.amp_level, dtype=self.low_dtype, mode=self.mode,
+                                                     **scaling, **hyper)
         return self._trainers[key]
 
     def loss_and_grads(self, inputs, targets, attention_mask=None):
         """The gradients at the factory's params (a Trainer that never steps)."""
-        return self._trainer().grads_numpy(inputs, targets, attention_mask)
+        return self._trainer().grads_numpy(inputs, targets, attention_mask)[:2]
 
     def classifier_loss_and_grads(self, head, ids, labels, clf_positions, attention_mask=None, *, lm_coef=0.5):
-        return self._trainer(head=head, lm_coef=lm_coef).grads_numpy(ids, labels, attention_mask,
-                                                                      clf_positions=clf_positions)
+        return tuple(self._trainer(head=head, lm_coef=lm_coef).grads_numpy(ids, labels, attention_mask,
+                                                                            clf_positions=clf_positions))
 
     def train_step(self, inputs, targets, attention_mask=None, *, lr, betas, eps, weight_decay, max_grad_norm,
                    overflow=False):

@@ -1,16 +1,18 @@
 """What the training loop needs from a backend, and the NumPy spec's implementation of it.
 
-The loop (loop.py) is written once; a backend supplies the step, as `ref_numpy.numpy_step` does
-for generation:
+The loop (loop.py) is written once; a backend supplies the step for an objective (objectives.py:
+the language model, or GPT-1's classifier for one of its tasks):
 
     backend.train_step(step, micro_batches) -> StepResult   one optimizer update (step = updates so far)
-    backend.evaluate(valid, batch_rows) -> {"valid_loss": ..., "valid_perplexity": ...}
-    backend.write_files(folder) / backend.read_files(folder)  weights (weights.save) + optimizer state
-    backend.params_numpy() -> params dict                   the current weights
+    backend.evaluate(valid, batch_rows) -> {"valid_loss": ..., ...}   the objective's held-out metrics
+    backend.write_files(folder) / backend.read_files(folder)  weights (weights.save), the objective's
+                                                            files (a head, labels), optimizer state
+    backend.params_numpy() / head_numpy()                   the current weights (and head, or None)
 
-A micro-batch is (inputs [b, L], targets [b, L], attention_mask [b, L] or None). Several of them
-(--grad-accum) make one step: each micro-batch's mean loss is weighted by its share of the step's
-target tokens, so the step computes exactly the mean over the whole batch's targets.
+Several micro-batches (--grad-accum) make one step: each micro-batch's loss is divided by the whole
+batch's counts (objectives.batch_totals), so the step computes exactly the whole batch's mean loss.
+Dropout masks of micro-batch k of step s: numpy.random.default_rng(ref_numpy.dropout_seed(seed, s,
+k)), on both backends.
 """
 from __future__ import annotations
 
@@ -23,11 +25,10 @@ import numpy as np
 
 import ref_numpy
 
-from .data import IGNORE_INDEX, n_targets
+from .objectives import batch_totals
 
 OPTIMIZER_FILE = "optimizer.npz"        # arrays of the optimizer state
 OPTIMIZER_LAYOUT = "optimizer.json"     # its structure and scalars
-LOG_FLOAT_MAX = math.log(np.finfo(np.float64).max)     # exp of more overflows: perplexity inf
 
 
 @dataclass
@@ -60,38 +61,14 @@ class Hyper:
                                      total_steps=self.total_steps, min_lr=self.min_lr, schedule=self.schedule))
 
 
-def token_loss_sum(logits_of, inputs, targets, attention_mask=None) -> tuple[float, int]:
-    """(the cross-entropy summed over the batch's targets, their count): `logits_of(inputs,
-    attention_mask)` is the backend's forward; the loss is the spec's.  No target: (0.0, 0)."""
-    count = n_targets(targets)
-    if count == 0:
-        return 0.0, 0
-    logits = logits_of(inputs, attention_mask)
-    return float(ref_numpy.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)) * count, count
-
-
-def add_scaled(total: dict | None, grads: dict, share: float) -> dict:
-    """total + share x grads (nested params dicts; total None: share x grads), in the gradients'
-    dtype: the micro-batches' gradients weighted by their shares of the batch."""
-    flat = ref_numpy.flatten_params(grads)
+def add(total, grads):
+    """total + grads (nested dicts of arrays; total None: grads)."""
     if total is None:
-        return ref_numpy.unflatten_params({name: g * g.dtype.type(share) for name, g in flat.items()})
+        return grads
     summed = ref_numpy.flatten_params(total)
-    for name, g in flat.items():
-        summed[name] += g * g.dtype.type(share)
+    for name, g in ref_numpy.flatten_params(grads).items():
+        summed[name] += g
     return ref_numpy.unflatten_params(summed)
-
-
-def clip(grads: dict, hyper: Hyper) -> tuple[dict, float]:
-    """(grads, global norm): ref_numpy.clip_grad_norm at --max-grad-norm, or only the norm without
-    clipping; a NaN or inf gradient is an error naming its tensor."""
-    return ref_numpy.clip_grad_norm(grads, hyper.max_grad_norm if hyper.max_grad_norm is not None else math.inf)
-
-
-def adamw(params: dict, grads: dict, state: dict, hyper: Hyper, lr: float) -> tuple[dict, dict]:
-    """ref_numpy.adamw_step with the run's betas, eps and weight decay."""
-    return ref_numpy.adamw_step(params, grads, state, lr=lr, betas=hyper.betas, eps=hyper.eps,
-                                weight_decay=hyper.weight_decay)
 
 
 def check_optimizer_files(folder: Path) -> None:
@@ -100,84 +77,97 @@ def check_optimizer_files(folder: Path) -> None:
             raise ValueError(f"{folder} has no optimizer state ({name} is missing): it cannot be resumed")
 
 
-def lm_metrics(eval_loss, windows, batch_rows: int) -> dict:
-    """Held-out loss (the mean over every target of `windows`, in batches of `batch_rows`) and
-    perplexity exp(loss)."""
-    total, count = 0.0, 0
-    for start in range(0, len(windows), batch_rows):
-        loss_sum, n = eval_loss(*windows.rows(slice(start, start + batch_rows)))
-        total, count = total + loss_sum, count + n
-    loss = total / count if count else float("nan")
-    return {"valid_loss": loss, "valid_perplexity": math.exp(loss) if loss < LOG_FLOAT_MAX else math.inf}
-
-
-def dropout_seed(seed: int, step: int, micro: int) -> int:
-    """The dropout masks' seed for one micro-batch: a function of the run's seed and the position
-    only, so a resumed run draws the masks an uninterrupted one would (no RNG state to carry)."""
-    return int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0])
-
-
 class NumpyBackend:
-    """Training by the spec itself: ref_numpy.loss_and_grads, clip_grad_norm, adamw_step, lr_at."""
+    """Training by the spec itself: the objective's ref_numpy loss and gradients, clip_grad_norm,
+    adamw_step, lr_at.  The classifier's head trains beside the model: one clip over both, and
+    AdamW on both (element-wise, so two states with the same step count are one optimizer)."""
     name = "numpy"
 
-    def __init__(self, config: ref_numpy.GPTConfig, params: dict, hyper: Hyper, dtype=np.float32):
-        self.config, self.hyper = config, hyper
+    def __init__(self, config: ref_numpy.GPTConfig, params: dict, hyper: Hyper, objective, head=None,
+                 dtype=np.float32):
+        self.config, self.hyper, self.objective = config, hyper, objective
         self.params = ref_numpy.cast_params(params, np.dtype(dtype))
-        self.optimizer = ref_numpy.adamw_init(self.params)
+        self.head = None if head is None else {name: np.asarray(v, np.dtype(dtype)) for name, v in head.items()}
+        self.optimizer = {"model": ref_numpy.adamw_init(self.params)}
+        if self.head is not None:
+            self.optimizer["head"] = ref_numpy.adamw_init(self.head)
 
-    def batch_loss_and_grads(self, step: int, micro_batches) -> tuple[float, dict]:
-        """(loss, grads) of the whole batch: the micro-batches' losses and gradients weighted by
-        their shares of the batch's target tokens, i.e. the mean over every target of the batch."""
-        total = sum(n_targets(targets) for _, targets, _ in micro_batches)
-        if total == 0:
-            raise ValueError(f"step {step + 1}: every target of the batch is ignored (padding or prompt)")
-        loss, summed = 0.0, None
-        for k, (inputs, targets, mask) in enumerate(micro_batches):
-            share = n_targets(targets) / total
-            if share == 0:
-                continue
-            micro_loss, grads = ref_numpy.loss_and_grads(
-                self.config, self.params, inputs, targets, attention_mask=mask, ignore_index=IGNORE_INDEX,
-                dropout=self.hyper.dropout, seed=dropout_seed(self.hyper.seed, step, k))
-            loss += share * float(micro_loss)
-            summed = add_scaled(summed, grads, share)
-        return loss, summed
+    def batch_loss_and_grads(self, step: int, micro_batches) -> tuple[float, dict, dict | None]:
+        """(loss, grads, head grads) of the whole batch: the micro-batches' shares summed."""
+        totals = batch_totals(self.objective, micro_batches)
+        self.objective.check_totals(step, totals)
+        loss, grads, head_grads = 0.0, None, None
+        for k, micro in enumerate(micro_batches):
+            share = self.objective.spec_loss_and_grads(
+                self.config, self.params, self.head, micro, totals, dropout=self.hyper.dropout,
+                seed=ref_numpy.dropout_seed(self.hyper.seed, step, k))
+            if share is not None:
+                loss += share[0]
+                grads = add(grads, share[1])
+                head_grads = None if share[2] is None else add(head_grads, share[2])
+        return loss, grads, head_grads
 
     def train_step(self, step: int, micro_batches) -> StepResult:
-        loss, grads = self.batch_loss_and_grads(step, micro_batches)
-        grads, norm = clip(grads, self.hyper)
-        lr = self.hyper.lr_at(step)
-        self.params, self.optimizer = adamw(self.params, grads, self.optimizer, self.hyper, lr)
+        loss, grads, head_grads = self.batch_loss_and_grads(step, micro_batches)
+        h = self.hyper
+        limit = h.max_grad_norm if h.max_grad_norm is not None else math.inf
+        # One global norm over everything trained; a NaN or inf gradient is an error naming its tensor.
+        if head_grads is None:
+            grads, norm = ref_numpy.clip_grad_norm(grads, limit)
+        else:
+            both, norm = ref_numpy.clip_grad_norm({"model": grads, "head": head_grads}, limit)
+            grads, head_grads = both["model"], both["head"]
+        lr = h.lr_at(step)
+        adamw = dict(lr=lr, betas=h.betas, eps=h.eps, weight_decay=h.weight_decay)
+        self.params, self.optimizer["model"] = ref_numpy.adamw_step(self.params, grads, self.optimizer["model"], **adamw)
+        if head_grads is not None:
+            self.head, self.optimizer["head"] = ref_numpy.adamw_step(self.head, head_grads, self.optimizer["head"],
+                                                                     **adamw)
         return StepResult(loss=loss, grad_norm=float(norm), lr=lr)
 
-    def evaluate(self, windows, batch_rows: int) -> dict:
-        return lm_metrics(self.eval_loss, windows, batch_rows)
+    def evaluate(self, valid, batch_rows: int) -> dict:
+        return self.objective.evaluate(self, valid, batch_rows)
 
-    def eval_loss(self, inputs, targets, attention_mask=None) -> tuple[float, int]:
-        return token_loss_sum(self._logits, inputs, targets, attention_mask)
-
-    def _logits(self, inputs, attention_mask):
+    def logits(self, inputs, attention_mask):
+        """[B, T, V] LM logits with the current weights."""
         return ref_numpy.forward(self.config, self.params, inputs, attention_mask=attention_mask)[0]
+
+    def task_logits(self, ids, positions, attention_mask):
+        """The classifier's logits with the current weights (classify_backend.task_logits)."""
+        from .classify_backend import task_logits
+
+        return task_logits(self.objective.task, self.config, self.params, self.head, ids, positions, attention_mask)
 
     def params_numpy(self) -> dict:
         return self.params
+
+    def head_numpy(self) -> dict | None:
+        return self.head
 
     def write_files(self, folder: Path) -> None:
         import weights
 
         weights.save(self.params, self.config, folder, format="safetensors")
-        save_tree(self.optimizer, folder / OPTIMIZER_FILE, folder / OPTIMIZER_LAYOUT)
+        if self.head is not None:
+            self.objective.write_files(folder, self.head)
+        # The language model's file holds the model's state alone (as before there was a head).
+        state = self.optimizer if self.head is not None else self.optimizer["model"]
+        save_tree(state, folder / OPTIMIZER_FILE, folder / OPTIMIZER_LAYOUT)
 
     def read_files(self, folder: Path) -> None:
         import weights
 
-        config, params = weights.load(folder)
-        if config != self.config:
-            raise ValueError(f"{folder} holds a model of another config ({config}) than this run's ({self.config})")
+        if self.head is not None:
+            _, params, head, _ = self.objective.check_resumable(folder, self.config)
+        else:
+            (config, params), head = weights.load(folder), None
+            if config != self.config:
+                raise ValueError(f"{folder} holds a model of another config ({config}) than this run's "
+                                 f"({self.config})")
         check_optimizer_files(folder)
-        self.params = params
-        self.optimizer = load_tree(folder / OPTIMIZER_FILE, folder / OPTIMIZER_LAYOUT)
+        state = load_tree(folder / OPTIMIZER_FILE, folder / OPTIMIZER_LAYOUT)
+        self.params, self.head = params, head
+        self.optimizer = state if head is not None else {"model": state}
 
 
 # -- a nested structure of arrays and numbers <-> .npz + .json, bit for bit ------------------------

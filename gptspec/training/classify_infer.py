@@ -39,7 +39,8 @@ class FineTunedClassifier:
     def classify(self, texts: list[str]) -> tuple[list[tuple[list[str], np.ndarray]], list[str]]:
         """([(names, probabilities)] per text, truncation notes).  A choice model scores any number
         >= 2 of answers (its head scores each answer alone); its names are the answer indices."""
-        from .classify_backend import probabilities, task_logits
+        from .classify_backend import task_logits
+        from .objectives import probabilities
         from .classify_data import encode_task, longest_row
 
         rows = self.rows(texts)

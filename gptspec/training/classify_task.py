@@ -2,17 +2,15 @@
 labelled rows -> encoded examples, GPT-1's head and its combined loss (task + lm_coef x LM),
 held-out accuracy, and the best checkpoint kept (DIR/best.json).  run.py runs it.
 
-Backends: NumPy fine-tunes every task; MindSpore classify and entail (TASKS_ON_MINDSPORE: the
-Trainer's head scores one sequence per example).  One process only, for now: the loss is a mean
-over rows, which under msrun needs the global row count."""
+Both backends fine-tune every task (objectives.Classification); MindSpore also data-parallel under
+msrun, where the loss's means take the global counts (examples, LM targets)."""
 from __future__ import annotations
 
 import math
 
 from . import setup
 from .checkpoint import BEST_FILE
-from .ms_classify_backend import TASKS as TASKS_ON_MINDSPORE
-from .run import Built, Task
+from .run import Built, Task, data_parallel
 
 TASKS = ("classify", "entail", "similar", "choice")
 DEFAULT_EPOCHS = 3
@@ -21,14 +19,6 @@ DEFAULT_EPOCHS = 3
 class Classification(Task):
     command = "finetune"
     default_epochs = DEFAULT_EPOCHS
-
-    def check(self, opts):
-        if opts["backend"] is None:
-            opts["backend"] = setup.default_backend() if opts["task"] in TASKS_ON_MINDSPORE else "numpy"
-        setup.check_amp_backend(opts)
-        if opts["backend"] == "mindspore" and opts["task"] not in TASKS_ON_MINDSPORE:
-            raise ValueError(f"--backend mindspore fine-tunes --task {' or '.join(TASKS_ON_MINDSPORE)}; --task "
-                             f"{opts['task']} runs on --backend numpy")
 
     def build(self, args, opts, session, say):
         import ref_numpy
@@ -88,16 +78,12 @@ class Classification(Task):
         return {**super().identity(opts, free, built, train, valid), "labels": built.model["labels"]}
 
     def make_backend(self, opts, built, hyper, rank, world_size):
-        from .classify_backend import NumpyClassifierBackend
+        from .objectives import Classification
 
         model = built.model
-        common = dict(lm_coef=opts["lm_coef"], labels=model["labels"], special=model["special"], task=opts["task"])
-        if opts["backend"] == "numpy":
-            return NumpyClassifierBackend(built.config, model["params"], model["head"], hyper, **common)
-        from .ms_classify_backend import MindSporeClassifierBackend
-
-        return MindSporeClassifierBackend(built.config, model["params"], model["head"], hyper, amp_level=opts["amp"],
-                                          **common)
+        objective = Classification(opts["task"], opts["lm_coef"], model["labels"], model["special"])
+        backend = setup.make_backend(opts, built.config, model["params"], hyper, objective, model["head"])
+        return data_parallel(backend, opts, rank, world_size)
 
     def announce(self, opts, prepared, say):
         config, labels, task = prepared.built.config, prepared.built.model["labels"], opts["task"]

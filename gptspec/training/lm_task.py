@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from . import setup
-from .run import Built, Task, data_parallel, data_parallel_rank
+from .run import Built, Task, data_parallel
 
 DEMO_PROMPTS = ("The for statement", "A class definition")
 
@@ -17,16 +17,8 @@ class LanguageModelling(Task):
     command = "train"
     out_hint = "the run's folder (checkpoints, log.jsonl, loss.png)"
 
-    def ranks(self):
-        return data_parallel_rank()
-
     def default_out(self, opts):
         return "gptspec-demo" if opts["demo"] else None
-
-    def check(self, opts):
-        if opts["backend"] is None:
-            opts["backend"] = setup.default_backend()
-        setup.check_amp_backend(opts)
 
     def build(self, args, opts, session, say):
         checkpoint = start_state = None
@@ -61,7 +53,9 @@ class LanguageModelling(Task):
                              f"windows differ); a resumed run must see the same data")
 
     def make_backend(self, opts, built, hyper, rank, world_size):
-        backend = setup.make_backend(opts, built.config, built.model["params"], hyper)
+        from .objectives import LanguageModelling as Objective
+
+        backend = setup.make_backend(opts, built.config, built.model["params"], hyper, Objective())
         return data_parallel(backend, opts, rank, world_size)
 
     def announce(self, opts, prepared, say):
@@ -71,7 +65,7 @@ class LanguageModelling(Task):
             f"{opts['steps']} steps of {opts['batch_size']} rows")
 
     def report(self, summary, folder, opts, prepared, say):
-        from .backends import LOG_FLOAT_MAX
+        from .objectives import LOG_FLOAT_MAX
         from .checkpoint import LOG_FILE, PLOT_FILE, checkpoint_problem
         from .loop import perplexity_text, plot_losses
 

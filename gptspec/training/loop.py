@@ -149,8 +149,7 @@ def run_loop(backend, train, valid, order: BatchOrder, options: LoopOptions,
     step = start_step
     with StopOnSigint(lambda text: bar.write(text, say)) as sigint:
         while step < options.total_steps:
-            rows = order.take(options.batch_size)[options.rank::options.world_size]
-            micro_batches = [train.rows(rows[k:k + micro_rows]) for k in range(0, len(rows), micro_rows)]
+            micro_batches = [train.rows(rows) for rows in _my_micro_batches(order.take(options.batch_size), options)]
             tic = time.perf_counter()
             result = backend.train_step(step, micro_batches)
             seconds = time.perf_counter() - tic
@@ -193,8 +192,20 @@ def run_loop(backend, train, valid, order: BatchOrder, options: LoopOptions,
 
 
 def _micro_batch_rows(options: LoopOptions) -> int:
-    per_rank = options.batch_size // options.world_size
-    return max(1, per_rank // options.grad_accum)
+    """Rows of one rank's micro-batch (also the held-out batches' size)."""
+    return max(1, options.batch_size // options.grad_accum // options.world_size)
+
+
+def _my_micro_batches(rows, options: LoopOptions) -> list:
+    """This rank's micro-batches of a batch's rows: the batch splits into --grad-accum micro-batches
+    in order, and each of those into world_size contiguous parts, rank r's the r-th -- so micro-batch
+    k is the same rows (and, by the Trainer's placement, the same dropout masks) whatever the
+    number of ranks.  (--batch-size is a multiple of --grad-accum, and under msrun each micro-batch
+    splits over the ranks: options.py and run.data_parallel check both.)"""
+    size = len(rows) // options.grad_accum
+    part = size // options.world_size
+    return [rows[k * size + options.rank * part:k * size + (options.rank + 1) * part]
+            for k in range(options.grad_accum)]
 
 
 def _read_best(folder: RunFolder) -> dict | None:

@@ -51,14 +51,19 @@ class Task:
         self.demo, self.demo_free = demo or {}, demo_free or {}
 
     def ranks(self) -> tuple[int, int]:
-        """(rank, world size) of this process; refused under msrun unless the task trains data-parallel."""
-        return single_process()
+        """(rank, world size) of this process: both tasks train data-parallel under msrun."""
+        return data_parallel_rank()
 
     def default_out(self, opts: dict) -> str | None:
         return None
 
     def check(self, opts: dict) -> None:
-        """The task's own option checks (after check_numbers; the backend is chosen)."""
+        """Option checks after check_numbers: the backend (MindSpore when installed) and --amp."""
+        from . import setup
+
+        if opts["backend"] is None:
+            opts["backend"] = setup.default_backend()
+        setup.check_amp_backend(opts)
 
     def build(self, args, opts: dict, session, say) -> Built:
         raise NotImplementedError
@@ -99,17 +104,6 @@ class Task:
 
 
 # -- processes ------------------------------------------------------------------------------------
-def single_process() -> tuple[int, int]:
-    """(rank, world size) for a task that cannot train data-parallel yet (finetune: its loss is a
-    mean over rows, which needs the global row count): rank 0 of 1, and a multi-process launch is
-    refused rather than having every process train alone and write the same folder."""
-    world = int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")) or 1)
-    if world > 1:
-        raise ValueError(f"this command under msrun ({world} workers) is not supported yet: run one process "
-                         f"(gptspec train trains data-parallel under msrun)")
-    return 0, 1
-
-
 def data_parallel_rank() -> tuple[int, int]:
     """(rank, world size): rank 0 of 1 in one process; under msrun, this process's place in the
     data-parallel job (ms_backend.distributed joins the cluster -- msrun's scheduler process, which
@@ -124,8 +118,9 @@ def data_parallel_rank() -> tuple[int, int]:
 
 
 def data_parallel(backend, opts: dict, rank: int, world_size: int):
-    """Under msrun: check that --batch-size splits over the ranks, and run the MindSpore Trainer
-    data-parallel (the global target count, the gradient all-reduce).  One process: unchanged."""
+    """Under msrun: check that --batch-size and each of its --grad-accum micro-batches split over the
+    ranks, and run the MindSpore Trainer data-parallel (the global counts, the gradient all-reduce,
+    each rank its rows of the whole micro-batch's dropout masks).  One process: unchanged."""
     if world_size == 1:
         return backend
     from ms_backend.distributed import DataParallelTrainer, Topology, check_global_batch
@@ -134,6 +129,9 @@ def data_parallel(backend, opts: dict, rank: int, world_size: int):
         raise ValueError(f"--backend {opts['backend']} cannot train data-parallel under msrun "
                          f"({world_size} workers): use --backend mindspore, or run one process")
     check_global_batch(opts["batch_size"], Topology(rank, world_size), what="--batch-size")
+    if opts["grad_accum"] > 1:
+        check_global_batch(opts["batch_size"] // opts["grad_accum"], Topology(rank, world_size),
+                           what=f"each micro-batch (--batch-size {opts['batch_size']} / --grad-accum {opts['grad_accum']})")
     backend.trainer = DataParallelTrainer(backend.trainer, Topology(rank, world_size))
     return backend
 

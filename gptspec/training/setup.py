@@ -175,15 +175,16 @@ def check_amp_backend(opts: dict) -> None:
         raise ValueError(f"--amp {opts['amp']} needs --backend mindspore (the NumPy spec trains in float32)")
 
 
-def make_backend(opts: dict, config, params, hyper):
+def make_backend(opts: dict, config, params, hyper, objective, head=None):
+    """The --backend's trainer of `objective` (objectives.py), the model and head as given."""
     from .backends import NumpyBackend
 
     check_amp_backend(opts)
     if opts["backend"] == "numpy":
-        return NumpyBackend(config, params, hyper)
+        return NumpyBackend(config, params, hyper, objective, head)
     from .ms_backend_adapter import MindSporeBackend
 
-    return MindSporeBackend(config, params, hyper, amp_level=opts["amp"])
+    return MindSporeBackend(config, params, hyper, objective, head, amp_level=opts["amp"])
 
 
 # -- the run folder -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 Hugging Face GPT-2 on PyTorch, same weights, same run.
 
     python benchmarks/bench_train.py [--model gpt2] [--batch 4] [--tokens 128] [--steps 3] [--threads N]
+    python benchmarks/bench_train.py --batch 8 --backends "mindspore graph fp32,mindspore graph fp32 grad-accum"
     python benchmarks/bench_train.py --scale [--models gpt2,gpt2-medium,gpt2-large] [--memory-limit-gb 20]
 
 Each backend runs in its own subprocess, so its peak resident memory (ru_maxrss) is its own;
@@ -16,6 +17,10 @@ oracle extra (torch, transformers) for the PyTorch row.
 subprocess, torch.set_num_threads, MindSpore's CPU kernel pool); default: each library's own choice.
 On a machine shared with other jobs, torch's default threads slow down several-fold (they wait on
 each other at every parallel op), so `--threads 1` is the steadier comparison there.
+
+The "mindspore graph fp32 grad-accum" row makes the same update from --grad-accum micro-batches
+(Trainer.accumulate_step: their gradients summed on the device, one micro-batch's activations alive
+at a time); beside "mindspore graph fp32" it shows what --grad-accum saves in memory.
 
 --scale: the largest GPT-2 each backend trains here -- one step of batch 1 x 1024 tokens (after a
 warm-up step) for each preset, on PyTorch, the NumPy spec and MindSpore graph fp32 with and without
@@ -136,7 +141,7 @@ def run_pytorch(args) -> dict:
 # MindSpore rows (issue 12): ms_backend.Trainer's whole step (forward, backward, loss scaling, clipping,
 # AdamW) as one compiled graph, or op by op in PyNative.  The warm-up step is timed on its own: in
 # graph mode it is the compilation (reported below the table, not in the step time).
-def _run_mindspore(args, *, amp_level="O0", mode="graph", recompute=False) -> dict:
+def _run_mindspore(args, *, amp_level="O0", mode="graph", recompute=False, grad_accum=1) -> dict:
     import mindspore
 
     from ms_backend import Trainer
@@ -150,13 +155,20 @@ def _run_mindspore(args, *, amp_level="O0", mode="graph", recompute=False) -> di
                       loss_scale=None if amp_level == "O0" else "dynamic", recompute=recompute)
     del params
     built_mb = rss_mb()  # weights in MindSpore (the moments are allocated by the first update)
+    size = -(-len(inputs) // grad_accum)
+    micro = [(inputs[k:k + size], targets[k:k + size]) for k in range(0, len(inputs), size)]
+
+    def step():  # one update: the whole batch, or its micro-batches' gradients summed on the device
+        return (trainer.step(inputs, targets) if grad_accum == 1 else trainer.accumulate_step(micro)).loss
+
     start = time.perf_counter()
-    first = trainer.step(inputs, targets)
+    first = trainer.step(inputs, targets) if grad_accum == 1 else trainer.accumulate_step(micro)
     compile_s = time.perf_counter() - start
-    _, times = timed_steps(lambda: trainer.step(inputs, targets).loss, args.steps)  # its warm-up: a compiled step
+    _, times = timed_steps(step, args.steps)  # its warm-up: a compiled step
     skipped = (", first step skipped (overflow)" if first.skipped else "") if amp_level != "O0" else ""
+    what = (" recompute" if recompute else "") + (f" grad-accum {grad_accum}" if grad_accum > 1 else "")
     return dict(loss=first.loss, times=times, baseline_mb=baseline, peak_mb=peak_rss_mb(),
-                threads=f"mindspore {mindspore.__version__} {mode} {amp_level}{' recompute' if recompute else ''}{skipped}", first_step_s=compile_s,
+                threads=f"mindspore {mindspore.__version__} {mode} {amp_level}{what}{skipped}", first_step_s=compile_s,
                 built_mb=built_mb)
 
 
@@ -166,6 +178,10 @@ def run_mindspore_graph(args) -> dict:
 
 def run_mindspore_graph_recompute(args) -> dict:
     return _run_mindspore(args, recompute=True)
+
+
+def run_mindspore_graph_accumulated(args) -> dict:
+    return _run_mindspore(args, grad_accum=args.grad_accum)
 
 
 def run_mindspore_graph_o2(args) -> dict:
@@ -180,6 +196,7 @@ def run_mindspore_pynative(args) -> dict:
 # ratios are against REFERENCE.  (MindSpore rows: add e.g. "mindspore fp32": run_mindspore.)
 BACKENDS = {"numpy spec": run_numpy, "pytorch (HF)": run_pytorch, "mindspore graph fp32": run_mindspore_graph,
             "mindspore graph fp32 recompute": run_mindspore_graph_recompute,
+            "mindspore graph fp32 grad-accum": run_mindspore_graph_accumulated,
             "mindspore graph O2 fp16": run_mindspore_graph_o2, "mindspore pynative fp32": run_mindspore_pynative}
 REFERENCE = "pytorch (HF)"
 # --scale: the largest GPT-2 each backend trains here (one step of batch 1 x 1024 tokens per preset)
@@ -192,7 +209,7 @@ def run_in_subprocess(name, args, model=None, batch=None, tokens=None) -> dict:
     or {"error": ...}; a run killed by the watchdog also has "killed" (why) and "peak_mb" (sampled)."""
     model, batch, tokens = model or args.model, batch or args.batch, tokens or args.tokens
     command = [sys.executable, __file__, "--backend", name, "--model", model, "--batch", str(batch),
-               "--tokens", str(tokens), "--steps", str(args.steps)]
+               "--tokens", str(tokens), "--steps", str(args.steps), "--grad-accum", str(args.grad_accum)]
     env = dict(os.environ)
     if args.threads:  # read by OpenBLAS / OpenMP when the subprocess loads them
         command += ["--threads", str(args.threads)]
@@ -270,14 +287,16 @@ def main(argv=None):
     parser.add_argument("--models", default=",".join(SCALE_MODELS), help="comma-separated presets for --scale")
     parser.add_argument("--memory-limit-gb", type=float, default=20.0,
                         help="kill a backend's subprocess whose resident memory exceeds this (default 20)")
+    parser.add_argument("--grad-accum", type=int, default=4,
+                        help="micro-batches per update of the 'mindspore graph fp32 grad-accum' row (default 4)")
     parser.add_argument("--backend", choices=sorted(BACKENDS), help="run one backend here and print JSON")
     args = parser.parse_args(argv)
     if args.steps is None:
         args.steps = 1 if args.scale else 3
-    for option in ("threads", "steps", "batch", "tokens"):
+    for option in ("threads", "steps", "batch", "tokens", "grad_accum"):
         value = getattr(args, option)
         if value is not None and value < 1:
-            parser.error(f"--{option} must be a positive integer, got {value}")
+            parser.error(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
     if not args.memory_limit_gb > 0:
         parser.error(f"--memory-limit-gb must be > 0, got {args.memory_limit_gb}")
     if args.backend:

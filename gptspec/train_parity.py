@@ -88,7 +88,7 @@ def run_train_parity(config, params, backend, prompt, *, head_classes: int | Non
     grad_allowed = conditioned(gradient_bound(config, amp_level, dtype, n_tokens), condition)
     measured = dtype == "float32"  # the spec's own float32 run is the noise of a float32 backend
     notes = [f"batch: {inputs.shape[0]} rows of {inputs.shape[1]} inputs, right padded, "
-             f"{int((targets != -100).sum())} counted targets of {targets.size}"]
+             f"{int((targets != ref_numpy.IGNORE_INDEX).sum())} counted targets of {targets.size}"]
     if not measured:
         notes.append(f"no measured noise at {dtype}: the spec has no {dtype} backward to emulate (derived "
                      f"bounds only)")
@@ -98,7 +98,7 @@ def run_train_parity(config, params, backend, prompt, *, head_classes: int | Non
                                       attention_mask=mask) if measured else None
     loss, grads = backend.loss_and_grads(inputs, targets, mask, params_like=params)
     logits64 = ref_numpy.forward(config, params64, inputs, attention_mask=mask)[0]
-    loss_bound = (lm_loss_bound(config, dtype, float(np.abs(logits64).max()), int((targets != -100).sum()))
+    loss_bound = (lm_loss_bound(config, dtype, float(np.abs(logits64).max()), int((targets != ref_numpy.IGNORE_INDEX).sum()))
                   if amp_level == "O0" else amp_loss_curve_bound(config, amp_level, dtype))
     rows = [compare("loss", loss, loss64, loss_bound, noise_bound(spec32[0], loss64, dtype) if measured else None)]
     rows += gradient_rows("grad ", grads, grads64, None if spec32 is None else spec32[1], grad_allowed, dtype)

@@ -31,9 +31,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, ops
 
-from ref_numpy import IGNORE_INDEX, GPTConfig, check_targets, prepare_inputs, shift_targets
-from ref_numpy.classifier import (EXAMPLE_LAYOUTS, check_choice_head, check_head, check_labels, check_lm_coef,
-                                  check_positions, example_rows)
+from ref_numpy import IGNORE_INDEX, GPTConfig, check_targets, prepare_inputs
+from ref_numpy.classifier import (EXAMPLE_LAYOUTS, NO_LM_TARGETS, check_choice_head, check_head, check_labels,
+                                  check_lm_coef, check_positions, example_rows, fine_tuning_lm_targets)
 
 from .amp import to
 from .classifier import ClassifierHead, at_positions, final_hidden
@@ -172,12 +172,10 @@ class Classifier:
     def _lm_targets(self, ids, mask):
         """[R, T] LM targets: hidden[:, :-1] predicts ids[:, 1:] (shift_targets), IGNORE_INDEX in the
         last column; all ignored when lm_coef == 0."""
-        n_rows, n_tokens = ids.shape
-        targets = np.full((n_rows, n_tokens), IGNORE_INDEX, np.int64)
-        if self.lm_coef > 0:
-            if n_tokens < 2:
-                raise ValueError("ids has one token per row: the LM loss needs at least 2 (or pass lm_coef=0)")
-            targets[:, :-1] = shift_targets(ids, mask)[1]     # none counted: check_totals decides
+        targets = np.full(ids.shape, IGNORE_INDEX, np.int64)
+        lm_targets = fine_tuning_lm_targets(ids, mask, self.lm_coef, require_one=False)   # check_totals: the step
+        if lm_targets is not None:
+            targets[:, :-1] = lm_targets
         return targets
 
     def counts(self, arrays: dict) -> dict:
@@ -188,7 +186,7 @@ class Classifier:
         """The whole step needs an LM target when lm_coef > 0 (the spec's message); a micro-batch
         alone may have none."""
         if self.lm_coef > 0 and totals["targets"] == 0:
-            raise ValueError("no row has two real tokens in a row: the LM loss has no targets (pass lm_coef=0)")
+            raise ValueError(NO_LM_TARGETS)
 
     def n_examples(self, arrays: dict) -> int:
         return len(arrays["labels"])

@@ -41,7 +41,7 @@ from mindspore import Parameter, ParameterTuple, Tensor, ops
 from ref_numpy import GPTConfig, check_dropout, dropout_masks, dropout_seed, flatten_params, unflatten_params
 from ref_numpy.optim import check_adamw_hyperparameters
 from ref_numpy.optim import clip_grad_norm as spec_clip_grad_norm
-from ref_numpy.optim import lr_at
+from ref_numpy.optim import StepResult, lr_at
 from ref_numpy.train import dropout_scale
 
 from .classifier import HEAD_NAMES
@@ -64,14 +64,6 @@ def check_hyperparameters(*, lr, warmup_steps, total_steps, min_lr, schedule, be
     return dict(lr=float(lr), warmup_steps=warmup_steps, total_steps=total_steps, min_lr=float(min_lr),
                 schedule=schedule, betas=(float(betas[0]), float(betas[1])), eps=float(eps),
                 weight_decay=float(weight_decay), max_grad_norm=None if max_grad_norm is None else float(max_grad_norm))
-
-
-class StepResult(NamedTuple):
-    loss: float  # this step's loss, before its update
-    grad_norm: float  # global norm of the unscaled gradients, before clipping (inf/nan on overflow)
-    lr: float  # the learning rate of this step: ref_numpy.lr_at(step)
-    loss_scale: float | None  # the scale this step's loss was multiplied by (None: no scaling)
-    skipped: bool  # non-finite gradients: no update
 
 
 class Gradients(NamedTuple):

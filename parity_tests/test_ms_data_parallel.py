@@ -131,8 +131,42 @@ def jobs(tmp_path_factory):
                                    msrun_job(root / "logs-signalled", *cli, "--out", str(root / "cli-signalled"),
                                              script=CLI),
                                    root, root / "logs-signalled", env={**os.environ, "GPTSPEC_TEST_SIGTERM": "1:0"})
+    # finetune --task similar (two rows per example: a rank's rows of the masks are two slices),
+    # with dropout and 2 micro-batches, 2 ranks vs 1 process, and a signal to rank 1 during step 2
+    similar = [*FINETUNE_ARGS, "--data", str(similar_pairs(root / "pairs.csv"))]
+    started["finetune_parallel"] = Job("gptspec finetune under msrun",
+                                       msrun_job(root / "logs-finetune", *similar, "--out", str(root / "ft-parallel"),
+                                                 script=CLI), root, root / "logs-finetune")
+    started["finetune_single"] = Job("gptspec finetune", [sys.executable, str(CLI), *similar, "--out",
+                                                          str(root / "ft-single")], root)
+    started["finetune_signalled"] = Job("gptspec finetune under msrun, rank 1 signalled",
+                                        msrun_job(root / "logs-ft-signalled", *similar, "--out",
+                                                  str(root / "ft-signalled"), script=CLI),
+                                        root, root / "logs-ft-signalled", env={**os.environ, "GPTSPEC_TEST_SIGTERM": "1:1"})
     started["root"] = root
     return started
+
+
+FINETUNE_ARGS = ["finetune", "--task", "similar", "--text-a-column", "first", "--text-b-column", "second",
+                 "--label-column", "kind", "--config", "gpt1", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
+                 "--n-ctx", "48", "--train-tokenizer", "300", "--seq-len", "40", "--batch-size", "8", "--grad-accum",
+                 "2", "--dropout", "0.1", "--lr", "3e-3", "--warmup", "1", "--steps", "3", "--eval-every", "3",
+                 "--no-progress", "--backend", "mindspore"]
+
+
+def similar_pairs(path: Path) -> Path:
+    """40 pairs of pydoc paragraphs labelled by how many are code (test_cli_finetune_tasks.py's task)."""
+    import csv
+
+    from .test_cli_train_finetune import prose_and_code
+
+    rows = [(text[:80], kind) for text, kind in prose_and_code()[:80]]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["first", "second", "kind"])
+        for (a, kind_a), (b, kind_b) in zip(rows[::2], rows[1::2]):
+            writer.writerow([a, b, f"{(kind_a == 'code') + (kind_b == 'code')} code"])
+    return path
 
 
 def finished(job) -> tuple[str, float]:
@@ -285,6 +319,39 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_and_resume_is
     parts = R.flatten_params(weights.load(root / "cli-signalled")[1])
     assert all(np.array_equal(whole[name], parts[name]) for name in whole)
     assert logs_without_timings(root / "cli-signalled") == logs_without_timings(root / "cli-parallel")
+
+
+def test_finetune_under_msrun_trains_what_one_process_trains_and_resumes_bit_for_bit(jobs):
+    """finetune --task similar with --dropout 0.1 and --grad-accum 2: the ranks divide by the global
+    example and LM-target counts and keep their rows (a+b and b+a) of the whole micro-batch's masks,
+    so every logged loss is one process's within twice forward_bound; a SIGTERM to rank 1 during
+    step 2, then --resume under msrun, ends where the uninterrupted 2-rank run ends, bit for bit."""
+    from gptspec.tolerances import forward_bound
+    from gptspec.training.classify_backend import load_classifier
+
+    finished(jobs["finetune_parallel"])
+    finished(jobs["finetune_single"])
+    root = jobs["root"]
+    rows, rows_single = read_log(root / "ft-parallel" / "log.jsonl"), read_log(root / "ft-single" / "log.jsonl")
+    assert [row["step"] for row in rows] == [0, 1, 2, 3], rows
+    config = load_classifier(root / "ft-parallel")[0]
+    bound = forward_bound(config, "float32")
+    for row, row_single in zip(rows, rows_single):
+        for key in ("loss", "valid_loss"):
+            if key in row_single:
+                assert abs(row[key] - row_single[key]) <= 2 * bound.allowed(row_single[key]), (key, row, row_single)
+    code, output, _ = jobs["finetune_signalled"].wait()
+    assert code != 0 and "interrupted: saved step 2" in output + jobs["finetune_signalled"].logs(), \
+        output[-3000:] + jobs["finetune_signalled"].logs()
+    resumed = Job("gptspec finetune --resume under msrun",
+                  msrun_job(root / "logs-ft-resumed", "finetune", "--resume", str(root / "ft-signalled"),
+                            "--no-progress", script=CLI), root, root / "logs-ft-resumed")
+    finished(resumed)
+    _, whole, whole_head, _ = load_classifier(root / "ft-parallel")
+    _, parts, parts_head, _ = load_classifier(root / "ft-signalled")
+    whole, parts = R.flatten_params(whole), R.flatten_params(parts)
+    assert all(np.array_equal(whole[name], parts[name]) for name in whole)
+    assert all(np.array_equal(whole_head[name], parts_head[name]) for name in whole_head)
 
 
 # -- the checks, without a cluster ---------------------------------------------------------------

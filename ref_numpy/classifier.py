@@ -183,6 +183,23 @@ def classifier_loss_and_grads(config: GPTConfig, params: dict, head: dict, ids, 
                             lm_coef=lm_coef, dropout=dropout, seed=seed)
 
 
+NO_LM_TARGETS = "no row has two real tokens in a row: the LM loss has no targets (pass lm_coef=0)"
+
+
+def fine_tuning_lm_targets(ids, mask, lm_coef, *, require_one: bool = True):
+    """The auxiliary LM loss's targets [R, T-1] of fine-tuning rows (hidden[:, :-1] predicts
+    ids[:, 1:]: shift_targets), or None when lm_coef == 0.  require_one=False lets a micro-batch of
+    a larger batch have none (the batch as a whole must: NO_LM_TARGETS)."""
+    if lm_coef == 0:
+        return None
+    if ids.shape[1] < 2:
+        raise ValueError("ids has one token per row: the LM loss needs at least 2 (or pass lm_coef=0)")
+    _, lm_targets, _ = shift_targets(ids, mask)
+    if require_one and (lm_targets == IGNORE_INDEX).all():
+        raise ValueError(NO_LM_TARGETS)
+    return lm_targets
+
+
 def fine_tuning_pass(config: GPTConfig, params: dict, ids, mask, positions, head_loss, *, lm_coef, dropout, seed):
     """What every GPT-1 task shares: one forward pass over all rows, the task's loss on the hidden
     states at the classify tokens, plus lm_coef x the rows' LM loss, and one backward pass.
@@ -193,13 +210,7 @@ def fine_tuning_pass(config: GPTConfig, params: dict, ids, mask, positions, head
     the counted targets of all R rows (shift_targets).  Returns (loss, grads, head_grads)."""
     lm_coef, dropout = check_lm_coef(lm_coef), check_dropout(dropout)
     n_rows, n_tokens = ids.shape
-    lm_targets = None
-    if lm_coef > 0:
-        if n_tokens < 2:
-            raise ValueError("ids has one token per row: the LM loss needs at least 2 (or pass lm_coef=0)")
-        _, lm_targets, _ = shift_targets(ids, mask)
-        if (lm_targets == IGNORE_INDEX).all():
-            raise ValueError("no row has two real tokens in a row: the LM loss has no targets (pass lm_coef=0)")
+    lm_targets = fine_tuning_lm_targets(ids, mask, lm_coef)
 
     rng = np.random.default_rng(seed)
     hidden, tape = train_forward(config, params, ids, attention_mask=mask, dropout=dropout, rng=rng)  # [R, T, C]

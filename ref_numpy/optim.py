@@ -15,6 +15,7 @@ here is pure: it returns new arrays and never writes into the ones it was given.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -236,6 +237,16 @@ def scale_to_norm(grads, max_norm, total_norm):
 
 
 # -- learning-rate schedule -----------------------------------------------------------------------
+class StepResult(NamedTuple):
+    """What one optimizer update reports, whoever made it (the training loop's NumPy and MindSpore
+    backends, ms_backend.Trainer)."""
+    loss: float  # the batch's loss, before the update
+    grad_norm: float  # global norm of the (unscaled) gradients, before clipping (inf/nan on overflow)
+    lr: float  # the learning rate of this update: lr_at(step)
+    loss_scale: float | None = None  # mixed precision: the scale this step's loss was multiplied by
+    skipped: bool = False  # mixed precision: non-finite gradients, no update
+
+
 def lr_at(step, *, max_lr, warmup_steps, total_steps, min_lr=0.0, schedule="cosine") -> float:
     """The learning rate of update number `step` (0-based: the first update is step 0).
 

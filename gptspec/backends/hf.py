@@ -36,8 +36,8 @@ import math
 import numpy as np
 
 import ref_numpy
-from ref_numpy.classifier import check_head, check_labels, check_lm_coef, check_positions
-from ref_numpy.data import shift_targets
+from ref_numpy import IGNORE_INDEX
+from ref_numpy.classifier import check_head, check_labels, check_lm_coef, check_positions, fine_tuning_lm_targets
 from ref_numpy.optim import check_adamw_hyperparameters, decays
 from ref_numpy.validation import (as_attention_mask, as_token_ids, check_length, check_targets,
                                   default_position_ids)
@@ -47,7 +47,6 @@ DTYPES = ("float32", "float16", "bfloat16")
 AMP_LEVEL = {"float32": "O0", "float16": "O3", "bfloat16": "O3"}
 INSTALL_HINT = ("pip install torch==2.13.0 first (pinned: a looser torch pulls a multi-GB CUDA build), then "
                 "pip install -e '.[oracle]'")
-IGNORE_INDEX = -100
 
 
 def import_torch():
@@ -263,13 +262,7 @@ class HFBackend:
         positions = check_positions(clf_positions, mask, *ids.shape)
         labels = check_labels(labels, len(positions), n_classes)
         lm_coef = check_lm_coef(lm_coef)
-        lm_targets = None
-        if lm_coef > 0:
-            if ids.shape[1] < 2:
-                raise ValueError("ids has one token per row: the LM loss needs at least 2 (or pass lm_coef=0)")
-            _, lm_targets, _ = shift_targets(ids, mask)
-            if (lm_targets == IGNORE_INDEX).all():
-                raise ValueError("no row has two real tokens in a row: the LM loss has no targets (pass lm_coef=0)")
+        lm_targets = fine_tuning_lm_targets(ids, mask, lm_coef)
         dtype = self.model.dtype
         w = torch.tensor(np.asarray(head["w"], np.float32), dtype=dtype, requires_grad=True)
         b = torch.tensor(np.asarray(head["b"], np.float32), dtype=dtype, requires_grad=True)

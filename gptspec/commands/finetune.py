@@ -49,8 +49,7 @@ def register(subparsers):
                         config="a new, randomly initialised model of this preset's shape",
                         train_tokenizer="with --config: learn a BPE of N tokens")
     parser.add_argument("--backend", choices=("numpy", "mindspore"),
-                        help="default: mindspore (graph mode) when installed and the task is classify or entail "
-                             "(similar and choice train on numpy only), else numpy")
+                        help="default: mindspore (graph mode) when installed, else numpy")
     parser.add_argument("--amp", choices=("O0", "O1", "O2", "O3"), help="MindSpore mixed precision (default O0)")
     parser.add_argument("--dropout", type=float, help="dropout rate while training (default 0; GPT-1 used 0.1)")
     parser.add_argument("--lm-coef", type=float, help="weight of the auxiliary LM loss (default 0.5, GPT-1's)")

@@ -25,19 +25,12 @@ import numpy as np
 
 import ref_numpy
 
+from ref_numpy.optim import StepResult
+
 from .objectives import batch_totals
 
 OPTIMIZER_FILE = "optimizer.npz"        # arrays of the optimizer state
 OPTIMIZER_LAYOUT = "optimizer.json"     # its structure and scalars
-
-
-@dataclass
-class StepResult:
-    loss: float
-    grad_norm: float
-    lr: float
-    loss_scale: float | None = None     # AMP only
-    skipped: bool = False               # AMP: non-finite gradients, update skipped
 
 
 @dataclass

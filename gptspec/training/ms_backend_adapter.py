@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .backends import Hyper, StepResult
+from ref_numpy.optim import StepResult
+
+from .backends import Hyper
 
 
 class MindSporeBackend:
@@ -26,10 +28,7 @@ class MindSporeBackend:
     def train_step(self, step: int, micro_batches) -> StepResult:
         if step != self.trainer.step_count:
             raise RuntimeError(f"the loop is at step {step} but the Trainer at {self.trainer.step_count}")
-        result = self.trainer.accumulate_step([self.objective.ms_arguments(micro) for micro in micro_batches])
-        return StepResult(loss=float(result.loss), grad_norm=float(result.grad_norm), lr=float(result.lr),
-                          loss_scale=None if result.loss_scale is None else float(result.loss_scale),
-                          skipped=bool(result.skipped))
+        return self.trainer.accumulate_step([self.objective.ms_arguments(micro) for micro in micro_batches])
 
     def evaluate(self, valid, batch_rows: int) -> dict:
         return self.objective.evaluate(self, valid, batch_rows)

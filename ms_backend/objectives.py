@@ -134,7 +134,11 @@ class Classifier:
         self.head = None      # the Cell, built by bind() for a config
 
     def bind(self, config: GPTConfig) -> "Classifier":
-        """Check the head against `config` (the spec's checks) and make its Cell."""
+        """Check the head against `config` (the spec's checks) and make its Cell (the head's trained
+        Parameters: one Trainer's own, so an objective serves one Trainer)."""
+        if self.head is not None:
+            raise ValueError("this Classifier objective already belongs to a Trainer (it holds that Trainer's head "
+                             "Parameters): give each Trainer its own Classifier(head, task, lm_coef)")
         dtype = self.head_values["w"].dtype if isinstance(self.head_values, dict) and "w" in self.head_values \
             else np.float32
         if self.task == "choice":

@@ -149,3 +149,24 @@ def test_similar_and_choice_gradients_match_the_float64_spec(task, dropout):
     assert not failures, "\n".join(failures)
     logits = trainer.classifier_logits_numpy(ids, positions, mask)
     assert logits.shape == (len(labels), 3)
+
+
+def test_a_classifier_objective_serves_one_trainer_and_checks_its_task():
+    """The objective holds its Trainer's head Parameters: a second Trainer on it would train the
+    same head, so it is refused; an unknown task, a choice head of 2 columns and ids of the wrong
+    layout get one-line errors."""
+    config = CONFIGS["gpt1"]
+    params32, _ = float32_model(config, 4)
+    head = R.init_classifier(config, 3)
+    objective = Classifier(head)
+    Trainer(config, params32, mode="pynative", objective=objective)
+    with pytest.raises(ValueError, match="already belongs to a Trainer"):
+        Trainer(config, params32, mode="pynative", objective=objective)
+    with pytest.raises(ValueError, match="task must be one of"):
+        Classifier(head, "regress")
+    with pytest.raises(ValueError, match=r"head\[.w.\] has shape \(16, 3\)"):
+        Trainer(config, params32, mode="pynative", objective=Classifier(head, "choice"))
+    trainer = Trainer(config, params32, mode="pynative", objective=Classifier(head, "similar"))
+    ids, mask, labels, positions = classification_batch(config)
+    with pytest.raises(ValueError, match=r"ids for task similar must be \[E, 2, T\]"):
+        trainer.step(ids, labels, mask, positions)

@@ -148,7 +148,7 @@ def jobs(tmp_path_factory):
 
 
 FINETUNE_ARGS = ["finetune", "--task", "similar", "--text-a-column", "first", "--text-b-column", "second",
-                 "--label-column", "kind", "--config", "gpt1", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
+                 "--label-column", "kind", "--config", "openai-gpt", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
                  "--n-ctx", "48", "--train-tokenizer", "300", "--seq-len", "40", "--batch-size", "8", "--grad-accum",
                  "2", "--dropout", "0.1", "--lr", "3e-3", "--warmup", "1", "--steps", "3", "--eval-every", "3",
                  "--no-progress", "--backend", "mindspore"]

@@ -90,7 +90,9 @@ def run_numpy(args) -> dict:
         nonlocal params, state
         loss, grads = R.loss_and_grads(config, params, inputs, targets)
         grads, _ = R.clip_grad_norm(grads, MAX_NORM)
-        params, state = R.adamw_step(params, grads, state, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+        # in place, as the training backend (gptspec.training.backends.NumpyBackend) updates
+        params, state = R.adamw_step(params, grads, state, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY,
+                                     inplace=True)
         return loss
 
     loss, times = timed_steps(step, args.steps)

@@ -100,8 +100,13 @@ def check_adamw_hyperparameters(lr, betas, eps, weight_decay):
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
 
 
-def adamw_step(params, grads, state, *, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, variant="torch"):
+def adamw_step(params, grads, state, *, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, variant="torch",
+               inplace=False):
     """One AdamW update.  Returns (new params, new state); params, grads and state are not modified.
+
+    inplace=True writes the same numbers, bit for bit, into params' and state's own arrays (and
+    returns those objects): a training loop then holds one copy of the model and its moments, not
+    two at the end of every update (for the 124M model, 1.5 GB less at the step's peak).
 
     params, grads   the same nested structure, same shapes (grads are cast to the params' dtype)
     state           from adamw_init, or from the previous adamw_step
@@ -142,13 +147,18 @@ def adamw_step(params, grads, state, *, lr, betas=(0.9, 0.999), eps=1e-8, weight
     t = int(state["step"]) + 1
     correction1, correction2 = 1 - beta1 ** t, 1 - beta2 ** t
 
+    # every check before the first tensor is updated: a refused update changes nothing (in place too)
+    for (name, p), (_, g), (_, m), (_, v) in zip(leaves, grad_leaves, m_leaves, v_leaves):
+        if not np.isfinite(g.astype(p.dtype, copy=False)).all():  # in the update's dtype: no overflow on the cast
+            raise ValueError(f"grads[{name!r}] contains NaN or inf: the update would corrupt the parameter "
+                             f"(skip the step, or lower the learning rate / loss scale)")
+        if inplace:
+            _check_writable(name, p, m, v)
     new_p, new_m, new_v = [], [], []
     for (name, p), (_, g), (_, m), (_, v) in zip(leaves, grad_leaves, m_leaves, v_leaves):
         dtype = p.dtype  # the update runs in the parameters' dtype
+        old = (p, m, v)
         g, m, v = (x.astype(dtype, copy=False) for x in (g, m, v))
-        if not np.isfinite(g).all():
-            raise ValueError(f"grads[{name!r}] contains NaN or inf: the update would corrupt the parameter "
-                             f"(skip the step, or lower the learning rate / loss scale)")
         wd = weight_decay if decays(p) else 0.0
         if variant == "torch":
             p, m, v = _torch_adamw_update(p, g, m, v, lr, beta1, beta2, eps, wd, correction1, correction2)
@@ -157,11 +167,28 @@ def adamw_step(params, grads, state, *, lr, betas=(0.9, 0.999), eps=1e-8, weight
             v = beta2 * v + (1 - beta2) * (g * g)
             lr_t = lr * math.sqrt(correction2) / correction1
             p = p - lr_t * (m / (np.sqrt(v) + eps) + wd * p)
+        if inplace:  # this tensor's new values into its own arrays; its temporaries go now
+            for target, value in zip(old, (p, m, v)):
+                np.copyto(target, value)
+            continue
         new_p.append(p.astype(dtype, copy=False))
         new_m.append(m.astype(dtype, copy=False))
         new_v.append(v.astype(dtype, copy=False))
+    if inplace:
+        state["step"] = t
+        return params, state
     state = {"step": t, "m": _rebuild(params, iter(new_m)), "v": _rebuild(params, iter(new_v))}
     return _rebuild(params, iter(new_p)), state
+
+
+def _check_writable(name: str, p, m, v) -> None:
+    """inplace=True: the parameter and its moments are writable arrays of the parameter's dtype."""
+    for what, array in (("params", p), ("state['m']", m), ("state['v']", v)):
+        if not array.flags.writeable:
+            raise ValueError(f"inplace=True: {what}[{name!r}] is read-only (copy it first, e.g. with cast_params)")
+        if array.dtype != p.dtype:
+            raise ValueError(f"inplace=True: {what}[{name!r}] has dtype {array.dtype}, the parameter {p.dtype}: "
+                             f"the moments must be in the parameters' dtype (adamw_init makes them so)")
 
 
 def _torch_adamw_update(p, g, m, v, lr, beta1, beta2, eps, wd, correction1, correction2):

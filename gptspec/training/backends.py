@@ -111,7 +111,8 @@ class NumpyBackend:
             both, norm = ref_numpy.clip_grad_norm({"model": grads, "head": head_grads}, limit)
             grads, head_grads = both["model"], both["head"]
         lr = h.lr_at(step)
-        adamw = dict(lr=lr, betas=h.betas, eps=h.eps, weight_decay=h.weight_decay)
+        # in place: this backend owns its weights and moments (one copy of each, not two at the update)
+        adamw = dict(lr=lr, betas=h.betas, eps=h.eps, weight_decay=h.weight_decay, inplace=True)
         self.params, self.optimizer["model"] = ref_numpy.adamw_step(self.params, grads, self.optimizer["model"], **adamw)
         if head_grads is not None:
             self.head, self.optimizer["head"] = ref_numpy.adamw_step(self.head, head_grads, self.optimizer["head"],
@@ -159,6 +160,12 @@ class NumpyBackend:
                                  f"({self.config})")
         check_optimizer_files(folder)
         state = load_tree(folder / OPTIMIZER_FILE, folder / OPTIMIZER_LAYOUT)
+        # own, writable copies in this run's dtype (the update writes into them)
+        dtype = ref_numpy.flatten_params(self.params)["wte"].dtype
+        params = ref_numpy.cast_params(params, dtype)
+        head = None if head is None else ref_numpy.cast_params(head, dtype)
+        for part in (state,) if head is None else (state["model"], state["head"]):
+            part["m"], part["v"] = ref_numpy.cast_params(part["m"], dtype), ref_numpy.cast_params(part["v"], dtype)
         self.params, self.head = params, head
         self.optimizer = state if head is not None else {"model": state}
 

@@ -32,8 +32,9 @@ import numpy as np
 from mindspore import Tensor, ops
 
 from ref_numpy import IGNORE_INDEX, GPTConfig, check_targets, prepare_inputs
-from ref_numpy.classifier import (EXAMPLE_LAYOUTS, NO_LM_TARGETS, check_choice_head, check_head, check_labels,
-                                  check_lm_coef, check_positions, example_rows, fine_tuning_lm_targets)
+from ref_numpy.classifier import (NO_LM_TARGETS, check_choice_head, check_head, check_labels, check_lm_coef,
+                                  check_positions, fine_tuning_lm_targets)
+from ref_numpy.data import EXAMPLE_LAYOUTS, example_rows
 
 from .amp import to
 from .classifier import ClassifierHead, at_positions, final_hidden

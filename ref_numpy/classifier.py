@@ -318,29 +318,6 @@ def similarity_loss_and_grads(config: GPTConfig, params: dict, head: dict, ids_a
                             seed=seed)
 
 
-# ---- Fine-tuning batches: one array per example -> the rows the model reads -----------------------
-
-EXAMPLE_LAYOUTS = {"classify": "[E, T]", "entail": "[E, T]", "similar": "[E, 2, T] (a+b, b+a)",
-                   "choice": "[E, N, T] (one row per answer)"}
-
-
-def example_rows(task: str, array):
-    """A fine-tuning batch's per-example array (ids, attention mask or classify positions) -> the
-    model's rows, in the order this module's functions read them: classify and entail [E, ...]
-    unchanged; similar [E, 2, ...] -> the E a+b rows, then the E b+a rows; choice [E, N, ...] ->
-    [E*N, ...], example by example.  None stays None."""
-    if task not in EXAMPLE_LAYOUTS:
-        raise ValueError(f"task must be one of {tuple(EXAMPLE_LAYOUTS)}, got {task!r}")
-    if array is None or task in ("classify", "entail"):
-        return array
-    array = np.asarray(array)
-    if array.ndim < 2 or (task == "similar" and array.shape[1] != 2):
-        raise ValueError(f"a {task} batch's arrays are per example {EXAMPLE_LAYOUTS[task]}, got shape {array.shape}")
-    if task == "similar":
-        return np.concatenate([array[:, 0], array[:, 1]])
-    return array.reshape(-1, *array.shape[2:])
-
-
 # ---- Multiple choice: one score per answer, softmax over the answers (GPT-1 section 3.3) ------------
 #
 # Example e has a context and N answers; each answer is its own row

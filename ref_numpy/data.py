@@ -131,7 +131,29 @@ def shift_targets(ids, attention_mask=None, *, ignore_index=IGNORE_INDEX):
         counted = (mask[:, 1:] == 1) & (mask[:, :-1] == 1)  # a real target with a real predictor
         mask = mask[:, :-1]
     if (targets[counted] == ignore_index).any():
-        raise ValueError(f"ignore_index={ignore_index} is the id of a real target token in ids: that "
-                         f"token would be skipped by the loss; use an id outside the vocabulary (e.g. IGNORE_INDEX = {IGNORE_INDEX})")
+        raise ValueError(f"ignore_index={ignore_index} is the id of a real target token in ids: that token "
+                         f"would be skipped by the loss; use an id outside the vocabulary (e.g. {IGNORE_INDEX})")
     targets[~counted] = ignore_index
     return inputs, targets, mask
+
+
+# Fine-tuning batches (classifier.py's tasks): one array per example -> the rows the model reads
+EXAMPLE_LAYOUTS = {"classify": "[E, T]", "entail": "[E, T]", "similar": "[E, 2, T] (a+b, b+a)",
+                   "choice": "[E, N, T] (one row per answer)"}
+
+
+def example_rows(task: str, array):
+    """A fine-tuning batch's per-example array (ids, attention mask or classify positions) -> the
+    model's rows, in the order classifier.py's functions read them: classify and entail [E, ...]
+    unchanged; similar [E, 2, ...] -> the E a+b rows, then the E b+a rows; choice [E, N, ...] ->
+    [E*N, ...], example by example.  None stays None."""
+    if task not in EXAMPLE_LAYOUTS:
+        raise ValueError(f"task must be one of {tuple(EXAMPLE_LAYOUTS)}, got {task!r}")
+    if array is None or task in ("classify", "entail"):
+        return array
+    array = np.asarray(array)
+    if array.ndim < 2 or (task == "similar" and array.shape[1] != 2):
+        raise ValueError(f"a {task} batch's arrays are per example {EXAMPLE_LAYOUTS[task]}, got shape {array.shape}")
+    if task == "similar":
+        return np.concatenate([array[:, 0], array[:, 1]])
+    return array.reshape(-1, *array.shape[2:])

@@ -101,8 +101,8 @@ class Classification:
 
     def counts(self, micro) -> dict:
         ids, _, _, mask = micro
-        rows = ref_numpy.classifier.example_rows(self.task, ids)
-        mask_rows = ref_numpy.classifier.example_rows(self.task, mask)
+        rows = ref_numpy.data.example_rows(self.task, ids)
+        mask_rows = ref_numpy.data.example_rows(self.task, mask)
         lm_targets = 0 if self.lm_coef == 0 else n_targets(ref_numpy.shift_targets(rows, mask_rows)[1])
         return {"examples": len(ids), "targets": lm_targets}
 

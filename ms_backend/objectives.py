@@ -82,7 +82,6 @@ def run_model(model, drops, batch):
 
 class LanguageModel:
     """The spec's next-token loss (ref_numpy.loss_and_grads)."""
-    name = "lm"
     cells = ()          # no parameters besides the model's
     extra_masks = ()    # dropout masks besides the model's
 
@@ -124,7 +123,6 @@ class Classifier:
     lm_coef x the LM loss of the same rows, from one forward pass (ref_numpy.classifier_loss_and_grads,
     similarity_loss_and_grads, choice_loss_and_grads).  head {"w", "b"}: [C, n_classes], [n_classes]
     (choice: [C, 1], [1], one score per answer row)."""
-    name = "classifier"
     extra_masks = ("head",)  # dropout on each row's h before the head, drawn after the model's
 
     def __init__(self, head: dict, task: str = "classify", lm_coef: float = 0.5):

@@ -219,3 +219,22 @@ def test_resume_refuses_another_config_or_missing_state(model, tmp_path):
             resume(tmp_path / "run")
     saved = json.loads((tmp_path / "run" / TRAINER_FILE).read_text())
     assert saved["settings"]["mode"] == "pynative" and saved["step"] == 0
+
+
+def test_resume_refuses_a_checkpoint_of_the_earlier_format_or_another_objective(model, tmp_path):
+    """Format 1 (a saved dropout generator, the head as a flag) cannot be resumed exactly by this
+    Trainer: refused, saying what to do; a language model's checkpoint does not resume into a
+    classifier's Trainer."""
+    from ms_backend import Classifier
+
+    trainer = Trainer(CONFIG, model[0], mode="pynative")
+    trainer.save(tmp_path / "run")
+    classifier = Trainer(CONFIG, model[0], mode="pynative", objective=Classifier(R.init_classifier(CONFIG, 2)))
+    with pytest.raises(ValueError, match=r"was trained on the objective \{'name': 'lm'\}"):
+        classifier.resume(tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / TRAINER_FILE).read_text())
+    (tmp_path / "run" / TRAINER_FILE).write_text(json.dumps({**meta, "format": "gptspec-ms-trainer-1"}))
+    for resume in (trainer.resume, Trainer.load):
+        with pytest.raises(ValueError, match=r"has format 'gptspec-ms-trainer-1', expected 'gptspec-ms-trainer-2' "
+                                             r"\(a checkpoint of an earlier gptspec"):
+            resume(tmp_path / "run")

@@ -38,8 +38,6 @@ def batch_totals(objective, micro_batches) -> dict:
 
 class LanguageModelling:
     """The spec's next-token loss: the mean over the batch's targets (ref_numpy.loss_and_grads)."""
-    name = "lm"
-    head_files = ()
 
     def counts(self, micro) -> dict:
         return {"targets": n_targets(micro[1])}
@@ -93,7 +91,6 @@ class Classification:
     cross-entropy, a mean over the batch's examples, plus lm_coef x the LM loss of the same rows, a
     mean over the batch's LM targets (ref_numpy.classifier_loss_and_grads and its two siblings).
     labels, special: the label set and the special tokens' ids, saved beside the head."""
-    name = "classifier"
 
     def __init__(self, task: str, lm_coef: float, labels: list, special: dict):
         self.task, self.lm_coef = task, float(ref_numpy.classifier.check_lm_coef(lm_coef))

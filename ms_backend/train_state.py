@@ -152,7 +152,7 @@ def restore_into(trainer, folder) -> None:
     if config != trainer.config:
         raise ValueError(f"{folder} holds a model of another config ({config}) than this Trainer's "
                          f"({trainer.config}): it cannot be resumed here")
-    meta, moments = _read_state(folder, _shapes(trainer))
+    meta, _ = _read_state(folder, {})  # the files and their format, before what they hold
     saved_scale = tuple(meta["settings"][k] for k in STATE_SETTINGS)
     if saved_scale != tuple(trainer.loss_scale_setting):
         raise ValueError(f"{folder} was saved with loss_scale, initial_scale, scale_window = {saved_scale}, "
@@ -160,6 +160,7 @@ def restore_into(trainer, folder) -> None:
     saved, mine = meta["objective"], objective_description(trainer.objective)
     if saved != mine:
         raise ValueError(f"{folder} was trained on the objective {saved}, this Trainer's is {mine}")
+    meta, moments = _read_state(folder, _shapes(trainer))
     flat = flatten_params(params)
     if saved["name"] == "classifier":
         flat.update({f"head.{key}": value for key, value in _read_head(folder).items()})

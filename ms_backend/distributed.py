@@ -172,10 +172,9 @@ class DataParallelTrainer:
         """The objective's counts (targets, examples) over every micro-batch of every rank's shard
         (one AllReduce).  Each count is sent as count // 4096 and count % 4096: float32 sums
         integers exactly below 2^24, so both parts stay exact up to 4096 ranks and 6.8e10 per batch."""
-        local: dict[str, int] = {}
-        for arrays in micro_arrays:
-            for name, count in self.trainer.objective.counts(arrays).items():
-                local[name] = local.get(name, 0) + count
+        from .objectives import sum_counts
+
+        local = sum_counts(self.trainer.objective, micro_arrays)
         names = sorted(local)
         parts = self._all_sum([part for name in names for part in divmod(local[name], COUNT_SPLIT)])
         return {name: int(parts[2 * i]) * COUNT_SPLIT + int(parts[2 * i + 1]) for i, name in enumerate(names)}

@@ -228,6 +228,15 @@ class Classifier:
         return self.scores(at_positions(hidden, batch["positions"]), batch["labels"].shape[0])
 
 
+def sum_counts(objective, micro_arrays: list) -> dict:
+    """The objective's counts (targets; for the classifier also examples) summed over micro-batches."""
+    totals: dict[str, int] = {}
+    for arrays in micro_arrays:
+        for name, count in objective.counts(arrays).items():
+            totals[name] = totals.get(name, 0) + count
+    return totals
+
+
 def as_tensors(arrays: dict) -> dict:
     """A micro-batch's arrays as an input of a compiled step: mutable, so the graph reads its
     Tensors as variables (compiled once per shape, not once per call)."""

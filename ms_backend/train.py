@@ -46,7 +46,7 @@ from ref_numpy.train import dropout_scale
 
 from .classifier import HEAD_NAMES
 from .model import GPTModel, as_numpy
-from .objectives import Classifier, LanguageModel, as_tensors, count_tensors
+from .objectives import Classifier, LanguageModel, as_tensors, count_tensors, sum_counts
 from .optim import adamw_update, build_adamw, clip_coefficient, global_norm, optimizer_state, set_lr
 from .scaler import LossScale, all_finite
 
@@ -257,10 +257,13 @@ class Trainer:
         lr = self.lr_at(self.step_count)
         scale = self.scaler.value
         step_totals = count_tensors(totals)
-        masks = [self._dropout_masks(arrays, np.random.default_rng(dropout_seed(self.seed, self.step_count, k)),
-                                     placement) for k, (arrays, placement) in enumerate(zip(micro_arrays, placements))]
+
+        def masks(k):  # micro-batch k's dropout masks, drawn when it runs
+            rng = np.random.default_rng(dropout_seed(self.seed, self.step_count, k))
+            return self._dropout_masks(micro_arrays[k], rng, placements[k])
+
         if len(micro_arrays) == 1:
-            loss, norm, finite = self._train_step(Tensor(lr, ms.float32), masks[0], as_tensors(micro_arrays[0]),
+            loss, norm, finite = self._train_step(Tensor(lr, ms.float32), masks(0), as_tensors(micro_arrays[0]),
                                                   step_totals)
             loss = float(loss.asnumpy())
         else:
@@ -268,8 +271,8 @@ class Trainer:
                 self._summed = ParameterTuple(
                     Parameter(ops.zeros(p.shape, ms.float32), name=f"summed_grad.{p.name}", requires_grad=False)
                     for p in self.optimizer.parameters)
-            loss = sum(float(self._accumulate(drops, as_tensors(arrays), step_totals).asnumpy())
-                       for drops, arrays in zip(masks, micro_arrays))
+            loss = sum(float(self._accumulate(masks(k), as_tensors(arrays), step_totals).asnumpy())
+                       for k, arrays in enumerate(micro_arrays))
             norm, finite = self._apply(Tensor(lr, ms.float32))
         self.step_count += 1
         skipped = not bool(finite.asnumpy())
@@ -281,10 +284,7 @@ class Trainer:
 
     def _totals(self, micro_arrays: list, totals: dict | None) -> dict:
         if totals is None:
-            totals = {}
-            for arrays in micro_arrays:
-                for name, count in self.objective.counts(arrays).items():
-                    totals[name] = totals.get(name, 0) + count
+            totals = sum_counts(self.objective, micro_arrays)
         for name, count in totals.items():
             if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
                 raise ValueError(f"the step's count of {name} must be an integer >= 0, got {count!r}")

@@ -10,7 +10,7 @@ the language model, or GPT-1's classifier for one of its tasks):
     backend.params_numpy() / head_numpy()                   the current weights (and head, or None)
 
 Several micro-batches (--grad-accum) make one step: each micro-batch's loss is divided by the whole
-batch's counts (objectives.batch_totals), so the step computes exactly the whole batch's mean loss.
+batch's counts (objectives.sum_counts), so the step computes exactly the whole batch's mean loss.
 Dropout masks of micro-batch k of step s: numpy.random.default_rng(ref_numpy.dropout_seed(seed, s,
 k)), on both backends.
 """
@@ -27,7 +27,7 @@ import ref_numpy
 
 from ref_numpy.optim import StepResult
 
-from .objectives import batch_totals
+from .objectives import sum_counts
 
 OPTIMIZER_FILE = "optimizer.npz"        # arrays of the optimizer state
 OPTIMIZER_LAYOUT = "optimizer.json"     # its structure and scalars
@@ -87,12 +87,13 @@ class NumpyBackend:
 
     def batch_loss_and_grads(self, step: int, micro_batches) -> tuple[float, dict, dict | None]:
         """(loss, grads, head grads) of the whole batch: the micro-batches' shares summed."""
-        totals = batch_totals(self.objective, micro_batches)
+        counts = [self.objective.counts(micro) for micro in micro_batches]
+        totals = sum_counts(counts)
         self.objective.check_totals(step, totals)
         loss, grads, head_grads = 0.0, None, None
         for k, micro in enumerate(micro_batches):
             share = self.objective.spec_loss_and_grads(
-                self.config, self.params, self.head, micro, totals, dropout=self.hyper.dropout,
+                self.config, self.params, self.head, micro, counts[k], totals, dropout=self.hyper.dropout,
                 seed=ref_numpy.dropout_seed(self.hyper.seed, step, k))
             if share is not None:
                 loss += share[0]
@@ -142,8 +143,7 @@ class NumpyBackend:
         import weights
 
         weights.save(self.params, self.config, folder, format="safetensors")
-        if self.head is not None:
-            self.objective.write_files(folder, self.head)
+        self.objective.write_files(folder, self.head)
         # The language model's file holds the model's state alone (as before there was a head).
         state = self.optimizer if self.head is not None else self.optimizer["model"]
         save_tree(state, folder / OPTIMIZER_FILE, folder / OPTIMIZER_LAYOUT)

@@ -49,12 +49,10 @@ class MindSporeBackend:
 
     def write_files(self, folder: Path) -> None:
         self.trainer.save(folder)               # weights, optimizer, scaler, objective (and head)
-        if self.trainer.head_numpy() is not None:
-            self.objective.write_files(folder, self.trainer.head_numpy())
+        self.objective.write_files(folder, self.trainer.head_numpy())
 
     def read_files(self, folder: Path) -> None:
-        if self.trainer.head_numpy() is not None:
-            self.objective.check_resumable(folder, self.config)
+        self.objective.check_resumable(folder, self.config)
         self.trainer.resume(folder)     # refuses another config, objective, or missing optimizer state
 
 

@@ -4,7 +4,7 @@
     Classification(task, lm_coef)   `gptspec finetune`: (ids, labels, positions, mask), GPT-1's head
 
 An objective says what a micro-batch counts (`counts`: the step's loss is a mean over the whole
-batch's targets -- and, for the classifier, examples), computes a micro-batch's share of that loss
+batch's targets -- and, for the classifier, examples; `sum_counts` adds them up), computes a micro-batch's share of that loss
 and its gradients by the spec (`spec_loss_and_grads`, the NumPy backend), names the MindSpore
 Trainer's objective and arguments (`ms_objective`, `ms_arguments`), evaluates held-out data
 (`evaluate`) and writes the files a checkpoint needs beyond the weights (`write_files`).
@@ -27,11 +27,11 @@ from .data import n_targets
 LOG_FLOAT_MAX = math.log(np.finfo(np.float64).max)     # exp of more overflows: perplexity inf
 
 
-def batch_totals(objective, micro_batches) -> dict:
-    """The counts the step's loss is a mean over: each micro-batch's `objective.counts`, summed."""
+def sum_counts(counts: list[dict]) -> dict:
+    """The counts the step's loss is a mean over: the micro-batches' `objective.counts`, summed."""
     totals: dict[str, int] = {}
-    for micro in micro_batches:
-        for name, count in objective.counts(micro).items():
+    for micro_counts in counts:
+        for name, count in micro_counts.items():
             totals[name] = totals.get(name, 0) + count
     return totals
 
@@ -46,11 +46,12 @@ class LanguageModelling:
         if totals["targets"] == 0:
             raise ValueError(f"step {step + 1}: every target of the batch is ignored (padding or prompt)")
 
-    def spec_loss_and_grads(self, config, params, head, micro, totals, *, dropout, seed):
+    def spec_loss_and_grads(self, config, params, head, micro, counts, totals, *, dropout, seed):
         """(this micro-batch's share of the batch's loss, its gradients, None): the micro-batch's
-        mean loss weighted by its share of the batch's targets.  A micro-batch without targets: None."""
+        mean loss weighted by its share of the batch's targets (`counts`: this micro-batch's, `totals`:
+        the batch's).  A micro-batch without targets: None."""
         inputs, targets, mask = micro
-        share = n_targets(targets) / totals["targets"]
+        share = counts["targets"] / totals["targets"]
         if share == 0:
             return None
         loss, grads = ref_numpy.loss_and_grads(config, params, inputs, targets, attention_mask=mask,
@@ -82,8 +83,8 @@ class LanguageModelling:
     def write_files(self, folder, head) -> None:
         """Nothing besides the weights."""
 
-    def check_resumable(self, folder) -> None:
-        """The weights' config is checked by the backend."""
+    def check_resumable(self, folder, config) -> None:
+        """Nothing besides the weights, whose config the backend checks when it loads them."""
 
 
 class Classification:
@@ -107,13 +108,12 @@ class Classification:
         if totals["examples"] == 0:
             raise ValueError(f"step {step + 1}: the batch has no examples")
 
-    def spec_loss_and_grads(self, config, params, head, micro, totals, *, dropout, seed):
+    def spec_loss_and_grads(self, config, params, head, micro, counts, totals, *, dropout, seed):
         """(this micro-batch's share of the batch's loss, its gradients, the head's).  The spec's
         functions return a micro-batch's own means L2 + c L1; weighted by w = its share of the
         examples, with c = lm_coef x (its share of the LM targets) / w, that is exactly
         (sum of its task losses) / batch examples + lm_coef x (sum of its LM losses) / batch targets."""
         ids, labels, positions, mask = micro
-        counts = self.counts(micro)
         weight = counts["examples"] / totals["examples"]
         lm_coef = 0.0 if counts["targets"] == 0 else self.lm_coef * counts["targets"] / totals["targets"] / weight
         common = dict(lm_coef=lm_coef, dropout=dropout, seed=seed)
@@ -161,12 +161,12 @@ class Classification:
                                                       "special_tokens": self.special, "lm_coef": self.lm_coef},
                                                      indent=2) + "\n", encoding="utf-8")
 
-    def check_resumable(self, folder, config=None) -> tuple:
+    def check_resumable(self, folder, config) -> tuple:
         """load_classifier(folder), refused when it holds another model or label set than this run's."""
         from .classify_backend import load_classifier
 
         saved_config, params, head, saved = load_classifier(folder)
-        if (config is not None and saved_config != config) or saved["labels"] != self.labels:
+        if saved_config != config or saved["labels"] != self.labels:
             raise ValueError(f"{folder} holds another model or label set than this run's")
         return saved_config, params, head, saved
 

@@ -142,7 +142,7 @@ def emulated_forward(config, params, ids, *, amp_level="O0", dtype=None, attenti
     """ref_numpy.forward as a backend at `amp_level` computes it (see the module docstring):
     (logits [B, T, V], present).  `params` are read as float32 (the backend's Parameters)."""
     policy = policy_for(amp_level, dtype)
-    params32 = ref_numpy.cast_params(params, np.float32)
+    params32 = ref_numpy.cast_params(params, np.float32, copy=False)  # read only
     if amp_level == "O0":
         return ref_numpy.forward(config, params32, ids, attention_mask=attention_mask, trace=trace)
     with _policy_in_place(policy):

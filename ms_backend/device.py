@@ -23,6 +23,27 @@ def overwrite(parameter, value, dtype) -> None:
     ops.assign(parameter, ms.Tensor(np.asarray(value), dtype))
 
 
+_launch_blocking_set = False
+
+
+def launch_blocking_on_cpu() -> None:
+    """On CPU, run PyNative ops synchronously (mindspore.runtime.launch_blocking); elsewhere
+    nothing.  Called by every GPTModel; once set it holds for the process (MindSpore has no way
+    back).
+
+    By default MindSpore queues each PyNative op for dispatch threads.  On a CPU those threads
+    compete with the kernels' own threads for the same cores, and waiting on the queue costs
+    far more than the ops: measured on the project's 2-core machine, a 124M forward of 2 x 16
+    tokens took 0.57 s queued and 0.15 s synchronous, a 2 x 1 decode step 0.76 s and 0.08 s, and
+    a PyNative training step 7.7 s and 6.2 s.  Compiled graphs (mindspore.jit) are not affected
+    (the graph fp32 training step: 3.75 s and 3.89 s, within noise).  On GPU and Ascend the
+    queue overlaps host and device work, so it is left on there."""
+    global _launch_blocking_set
+    if not _launch_blocking_set and device_target() == "CPU":
+        ms.runtime.launch_blocking()
+        _launch_blocking_set = True
+
+
 def device_target() -> str:
     """The device MindSpore runs on: "CPU", "GPU" or "Ascend"."""
     return ms.get_context("device_target")

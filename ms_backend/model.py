@@ -19,6 +19,7 @@ from ref_numpy import GPTConfig, check_params, prepare_inputs
 
 from . import layers
 from .amp import precision_for, record_dtype, to
+from .device import launch_blocking_on_cpu
 from .layers import BLOCK_CELLS, LayerNorm
 
 MODES = ("pynative", "graph")
@@ -74,11 +75,12 @@ class GPTModel(nn.Cell):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         check_params(config, params)
         precision = precision_for(amp_level, dtype)
+        launch_blocking_on_cpu()
         self.config, self.amp_level, self.mode = config, amp_level, mode
         self.low_dtype = None if amp_level == "O0" else (dtype or "float16")
         self.elementwise_dtype, self.logits_dtype = precision.elementwise, precision.logits
-        self.wte = Parameter(Tensor(params["wte"].astype(np.float32)), name="wte")
-        self.wpe = Parameter(Tensor(params["wpe"].astype(np.float32)), name="wpe")
+        self.wte = Parameter(Tensor(np.asarray(params["wte"], np.float32)), name="wte")
+        self.wpe = Parameter(Tensor(np.asarray(params["wpe"], np.float32)), name="wpe")
         block = BLOCK_CELLS[config.arch]
         eps = config.layer_norm_epsilon
         self.blocks = nn.CellList([block(p, config.n_head, eps, precision) for p in params["blocks"]])

@@ -76,7 +76,7 @@ class GPTModel(nn.Cell):
         check_params(config, params)
         precision = precision_for(amp_level, dtype)
         launch_blocking_on_cpu()
-        self.config, self.amp_level, self.mode = config, amp_level, mode
+        self.config, self.amp_level, self.mode, self.precision = config, amp_level, mode, precision
         self.low_dtype = None if amp_level == "O0" else (dtype or "float16")
         self.elementwise_dtype, self.logits_dtype = precision.elementwise, precision.logits
         self.wte = Parameter(Tensor(np.asarray(params["wte"], np.float32)), name="wte")
@@ -93,11 +93,21 @@ class GPTModel(nn.Cell):
 
     # -- the computation -------------------------------------------------------------------
 
-    def embed(self, ids, position_ids):
-        """[B, T] ids -> [B, T, C]: token plus position embedding."""
+    def embed(self, ids, position_ids, drop=None):
+        """[B, T] ids -> [B, T, C]: token plus position embedding; `drop`: training's dropout
+        multiplier [B, T, C] (None: none)."""
         dtype = self.elementwise_dtype
         x = to(ops.gather(self.wte, ids, 0), dtype) + to(ops.gather(self.wpe, position_ids, 0), dtype)
-        return record_dtype("embed", x)
+        x = record_dtype("embed", x)
+        return x if drop is None else layers.dropout(x, drop, dtype)
+
+    def final(self, x, last_only=False):
+        """The last block's output [B, T, C] -> (logits [B, T, V], the hidden state they are read
+        from: ln_f's output for GPT-2, x itself for GPT-1).  last_only: the last position's logits."""
+        hidden = x
+        if self.has_ln_f:
+            hidden = self.ln_f(x)
+        return self.lm_head(hidden[:, -1:] if last_only else hidden), hidden
 
     def lm_head(self, x):
         """Logits [B, T, V] from the tied embedding, in the logits dtype."""
@@ -115,9 +125,7 @@ class GPTModel(nn.Cell):
         drops: training's dropout multipliers, ref_numpy.dropout_masks's structure as float32
         Tensors: {"embed": [B, T, C], "blocks": ({"attn_weights": [B, H, T, T], "attn": [B, T, C],
         "mlp": [B, T, C]}, ... per layer)}; None (inference) runs no dropout op at all."""
-        x = self.embed(ids, position_ids)
-        if drops is not None:
-            x = layers.dropout(x, drops["embed"], self.elementwise_dtype)
+        x = self.embed(ids, position_ids, None if drops is None else drops["embed"])
         present = ()
         intermediates = (x,)
         for i in range(len(self.blocks)):
@@ -126,12 +134,10 @@ class GPTModel(nn.Cell):
                                                       block_drops)
             present = present + (layer_present,)
             intermediates = intermediates + (extras + (x,),)
+        logits, hidden = self.final(x, last_only)
         if self.has_ln_f:
-            x = self.ln_f(x)
-            intermediates = intermediates + (x,)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(x), present, intermediates
+            intermediates = intermediates + (hidden,)
+        return logits, present, intermediates
 
     def construct(self, ids, attention_mask=None, past=None, position_ids=None):
         """ref_numpy.forward on Tensors: ids [B, T] int, attention_mask [B, S_past + T] 0/1,

@@ -7,6 +7,7 @@ An objective does three things for the Trainer (train.py):
                                 after the spec's checks (so bad input gets the spec's messages)
     counts(arrays)              what the step's loss is a mean over, in this micro-batch
     loss(model, drops, batch, totals)   the micro-batch's share of the step's loss, on Tensors
+    loss_at_top(..., top)       the same from the last block's output (Trainer(recompute=True))
 
     LanguageModel()                    step(inputs, targets, attention_mask=None)
         loss = sum over targets of -log p(target) / totals["targets"]
@@ -114,7 +115,13 @@ class LanguageModel:
         return np.arange(first, first + self.n_examples(arrays))
 
     def loss(self, model, drops, batch, totals):
-        logits, _ = run_model(model, drops, batch)
+        return self.loss_from(*run_model(model, drops, batch), drops, batch, totals)
+
+    def loss_at_top(self, model, drops, batch, totals, top):
+        """The same loss from the last block's output `top` [R, T, C] (block-wise recompute)."""
+        return self.loss_from(*model.final(top), drops, batch, totals)
+
+    def loss_from(self, logits, hidden, drops, batch, totals):
         return cross_entropy(logits, batch["targets"], n_targets=totals["targets"])
 
 
@@ -212,7 +219,14 @@ class Classifier:
         return self.head(h)
 
     def loss(self, model, drops, batch, totals):
-        logits, hidden = run_model(model, drops, batch)
+        return self.loss_from(*run_model(model, drops, batch), drops, batch, totals)
+
+    def loss_at_top(self, model, drops, batch, totals, top):
+        """The same loss from the last block's output `top` [R, T, C] (block-wise recompute)."""
+        return self.loss_from(*model.final(top), drops, batch, totals)
+
+    def loss_from(self, logits, hidden, drops, batch, totals):
+        """logits [R, T, V] and the final hidden state [R, T, C] -> the micro-batch's share of the loss."""
         h = at_positions(hidden, batch["positions"])  # [R, C]
         if drops is not None:  # the head computes in float32, its dropout too
             h = apply_dropout(h, drops["head"], ms.float32)

@@ -44,6 +44,7 @@ from ref_numpy.optim import clip_grad_norm as spec_clip_grad_norm
 from ref_numpy.optim import StepResult, lr_at
 from ref_numpy.train import dropout_scale
 
+from .blockwise import BlockwiseGradients
 from .classifier import HEAD_NAMES
 from .model import GPTModel, as_numpy
 from .objectives import Classifier, LanguageModel, as_tensors, count_tensors, sum_counts
@@ -96,12 +97,12 @@ class Trainer:
     They depend on (seed, s, k) only, so a resumed Trainer drops what an uninterrupted one would.
     seed None: a fresh random seed, kept (save() stores it).
 
-    recompute=True: MindSpore's `Cell.recompute()` on every block -- the backward is to run the
-    block's forward again instead of keeping its activations.  The gradients are bit for bit the
-    same.  Measured on CPU (MindSpore 2.10, benchmarks/NOTES.md) it saves nothing: the 124M step at
-    4 x 128 peaked higher (10.3 GB against 8.9) and took ~2x longer, so it is off by default; it is
-    here for devices whose memory it does reduce.  A memory option, not state: save() does not
-    record it."""
+    recompute=True: block-wise recomputation (blockwise.py): each micro-batch's gradients are
+    computed a block at a time, keeping only the blocks' inputs, each block's forward run again in
+    its backward; they are summed on the device as --grad-accum's are, then one update.  The same
+    gradients up to float32 rounding; the activations of one block alive at a time instead of all
+    of them (124M, 4 x 128, CPU: see benchmarks/NOTES.md), for a second forward pass of time.  A
+    memory option, not state: save() does not record it."""
 
     def __init__(self, config: GPTConfig, params: dict, *, objective=None, amp_level="O0", dtype=None, mode="graph",
                  lr=1e-3, warmup_steps=0, total_steps=None, min_lr=0.0, schedule="cosine", betas=(0.9, 0.999),
@@ -121,9 +122,6 @@ class Trainer:
         self.model = GPTModel(config, params, amp_level=amp_level, dtype=dtype)  # checks config, params, AMP
         self.objective = LanguageModel() if objective is None else objective.bind(config)
         self.recompute = recompute
-        if recompute:  # keep each block's input only; its inner activations are recomputed in the backward
-            for block in self.model.blocks:
-                block.recompute()
         weights = self.model.trainable_params() + [p for cell in self.objective.cells for p in cell.trainable_params()]
         self.config, self.amp_level, self.dtype, self.mode = config, amp_level, dtype, mode
         self.seed = fresh_seed() if seed is None else seed
@@ -135,13 +133,16 @@ class Trainer:
         self.param_order = list(flatten_params(params))  # the Cells' order differs (GPT-1: attn before ln_1)
         self.step_count = 0  # updates attempted so far (skipped ones included): the lr_at step
         self.reduce_grads = lambda grads: grads  # data parallel: the all-reduce of the gradients
-        self._summed = None  # --grad-accum: the micro-batches' gradients, summed (made at the first use)
+        self._summed = None  # --grad-accum, recompute: the gradients, summed (made at the first use)
+        self._blockwise = None  # recompute: BlockwiseGradients (made at the first use)
+        self._template_weights = params["blocks"][0] if recompute else None  # any block's weights do
         self._value_and_grad = ms.value_and_grad(self._scaled_loss, None, self.optimizer.parameters, has_aux=True)
         run = ms.jit if mode == "graph" else (lambda f: f)
         self._train_step = run(self._train_step_fn)
         self._accumulate = run(self._accumulate_fn)
         self._apply = run(self._apply_fn)
         self._grads = run(self._grads_fn)
+        self._read_summed = run(self._read_summed_fn)
         self._logits = run(self._logits_fn)
 
     # -- the computation (compiled in graph mode) ----------------------------------------------
@@ -187,6 +188,9 @@ class Trainer:
         for summed in self._summed:
             done = ops.assign(summed, ops.depend(ops.zeros_like(summed), done))
         return ops.depend(norm, done), finite
+
+    def _read_summed_fn(self):
+        return self.scaler.unscale(self.reduce_grads(tuple(self._summed)))
 
     def _logits_fn(self, batch):
         return self.objective.logits(self.model, batch)
@@ -262,16 +266,13 @@ class Trainer:
             rng = np.random.default_rng(dropout_seed(self.seed, self.step_count, k))
             return self._dropout_masks(micro_arrays[k], rng, placements[k])
 
-        if len(micro_arrays) == 1:
+        if len(micro_arrays) == 1 and not self.recompute:
             loss, norm, finite = self._train_step(Tensor(lr, ms.float32), masks(0), as_tensors(micro_arrays[0]),
                                                   step_totals)
             loss = float(loss.asnumpy())
         else:
-            if self._summed is None:
-                self._summed = ParameterTuple(
-                    Parameter(ops.zeros(p.shape, ms.float32), name=f"summed_grad.{p.name}", requires_grad=False)
-                    for p in self.optimizer.parameters)
-            loss = sum(float(self._accumulate(masks(k), as_tensors(arrays), step_totals).asnumpy())
+            accumulate = self._accumulate_function()
+            loss = sum(float(accumulate(masks(k), as_tensors(arrays), step_totals).asnumpy())
                        for k, arrays in enumerate(micro_arrays))
             norm, finite = self._apply(Tensor(lr, ms.float32))
         self.step_count += 1
@@ -281,6 +282,29 @@ class Trainer:
                                      f"{float(norm.asnumpy())}) and there is no loss scaling to recover; "
                                      f"the update was skipped.  Lower lr, clip (max_grad_norm) or check the data")
         return StepResult(loss, float(norm.asnumpy()), lr, scale, skipped)
+
+    def _accumulate_function(self):
+        """What adds a micro-batch's scaled gradients to the sums (made at the first use): one graph,
+        or with recompute block by block (BlockwiseGradients)."""
+        if self._summed is None:
+            self._summed = ParameterTuple(
+                Parameter(ops.zeros(p.shape, ms.float32), name=f"summed_grad.{p.name}", requires_grad=False)
+                for p in self.optimizer.parameters)
+        if not self.recompute:
+            return self._accumulate
+        if self._blockwise is None:
+            summed = {p.name: s for p, s in zip(self.optimizer.parameters, self._summed)}
+            self._blockwise = BlockwiseGradients(self.model, self.objective, self.scaler, summed, self.mode,
+                                                 self._template_weights)
+            self._template_weights = None
+        return self._blockwise.accumulate
+
+    def _take_summed(self) -> list:
+        """The summed gradients, unscaled and reduced, as NumPy copies; the sums back to zero."""
+        grads = [np.array(g.asnumpy()) for g in self._read_summed()]
+        for summed in self._summed:
+            ops.assign(summed, ops.zeros_like(summed))
+        return grads
 
     def _totals(self, micro_arrays: list, totals: dict | None) -> dict:
         if totals is None:
@@ -305,8 +329,13 @@ class Trainer:
         arrays = self.arrays(*batch, **named)
         totals = count_tensors(self._totals([arrays], totals))
         drops = self._dropout_masks(arrays, np.random.default_rng(seed), placement)
-        loss, grads = self._grads(drops, as_tensors(arrays), totals)
-        flat = {p.name: g.asnumpy() for p, g in zip(self.optimizer.parameters, grads)}
+        if self.recompute:
+            loss = self._accumulate_function()(drops, as_tensors(arrays), totals)
+            grads = self._take_summed()
+        else:
+            loss, grads = self._grads(drops, as_tensors(arrays), totals)
+            grads = [g.asnumpy() for g in grads]
+        flat = {p.name: g for p, g in zip(self.optimizer.parameters, grads)}
         head = None if not self.objective.cells else {"w": flat[HEAD_NAMES[0]], "b": flat[HEAD_NAMES[1]]}
         return Gradients(float(loss.asnumpy()), self._in_params_order(flat), head)
 

@@ -24,7 +24,8 @@ at a time); beside "mindspore graph fp32" it shows what --grad-accum saves in me
 
 --scale: the largest GPT-2 each backend trains here -- one step of batch 1 x 1024 tokens (after a
 warm-up step) for each preset, on PyTorch, the NumPy spec and MindSpore graph fp32 with and without
-`recompute`.  Every backend's subprocess runs under a watchdog (watchdog.py) that kills it above
+`recompute` (Trainer(recompute=True), the CLI's --recompute: block-wise recomputation, only the
+blocks' inputs kept between the forward and the backward).  Every backend's subprocess runs under a watchdog (watchdog.py) that kills it above
 --memory-limit-gb of resident memory (or when the machine runs out): such a row reads "does not fit in
 N GB", measured, not estimated.  --backends NAME,... runs a subset in either mode.
 

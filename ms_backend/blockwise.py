@@ -56,12 +56,16 @@ class BlockwiseGradients:
                                                                          for p in cell.trainable_params()]
                                 if id(p) not in in_blocks and p is not model.wpe)
         self.embed_params = (model.wte, model.wpe)
+        self.top_sums = tuple(summed[p.name] for p in self.top_params)
+        self.embed_sums = tuple(summed[p.name] for p in self.embed_params)
+        self._top_value_and_grad = ms.value_and_grad(self._scaled_top_loss, 0, self.top_params, has_aux=True)
+        self._embed_grad = ms.grad(self._embed_dot, None, self.embed_params)
         run = ms.jit if mode == "graph" else (lambda f: f)
         self._embed = run(self._embed_fn)
         self._block = run(self._block_fn)
-        self._top_grads = run(ms.value_and_grad(self._scaled_top_loss, 0, self.top_params, has_aux=True))
+        self._top = run(self._top_fn)
         self._block_vjp = run(ms.grad(self._block_dot, 0, self.template_params))
-        self._embed_vjp = run(ms.grad(self._embed_dot, None, self.embed_params))
+        self._embed_vjp = run(self._embed_vjp_fn)
 
     # -- the pieces (each one compiled graph in mode "graph") -------------------------------------
 
@@ -82,6 +86,22 @@ class BlockwiseGradients:
         loss = self.objective.loss_at_top(self.model, drops, batch, totals, top)
         return self.scaler.scale(loss), loss
 
+    def _top_fn(self, top, drops, batch, totals):
+        """-> (the loss, dtop); the top weights' gradients added to their sums in the graph (no
+        gradient of wte's size handed out)."""
+        (_, loss), (dtop, grads) = self._top_value_and_grad(top, drops, batch, totals)
+        return ops.depend(loss, self._added(self.top_sums, grads)), dtop
+
+    def _embed_vjp_fn(self, ids, position_ids, drop, dy):
+        return self._added(self.embed_sums, self._embed_grad(ids, position_ids, drop, dy))
+
+    def _added(self, sums, grads):
+        """Add each gradient to its sum, one after another; -> the last add."""
+        done = ops.assign_add(sums[0], grads[0])
+        for i in range(1, len(sums)):
+            done = ops.assign_add(sums[i], ops.depend(grads[i], done))
+        return done
+
     # -- one micro-batch ---------------------------------------------------------------------------
 
     def _load(self, layer: int) -> None:
@@ -90,6 +110,7 @@ class BlockwiseGradients:
             ops.assign(template_param, param)
 
     def _add(self, params, grads) -> None:
+        """The template's gradients to block `params`' sums (op by op: the target changes per block)."""
         for param, grad in zip(params, grads):
             ops.assign_add(self.summed[param.name], grad)
 
@@ -104,11 +125,10 @@ class BlockwiseGradients:
             inputs.append(x)
             self._load(layer)
             x = self._block(x, mask, block_drops)
-        (_, loss), (dx, top_grads) = self._top_grads(x, drops, batch, totals)
-        self._add(self.top_params, top_grads)
+        loss, dx = self._top(x, drops, batch, totals)
         for layer in reversed(range(len(inputs))):
             self._load(layer)
             dx, block_grads = self._block_vjp(inputs.pop(), mask, layer_drops[layer], dx)
             self._add(self.block_params[layer], block_grads)
-        self._add(self.embed_params, self._embed_vjp(ids, position_ids, embed_drop, dx))
+        self._embed_vjp(ids, position_ids, embed_drop, dx)
         return loss

@@ -45,6 +45,8 @@ def runs(tmp_path_factory):
     data.write_text(bpe_trainer.training_text(max_chars=12_000), encoding="utf-8")
     for backend in ("numpy", "mindspore"):
         assert main(["train", "--data", str(data), *ARGS, "--backend", backend, "--out", str(folder / backend)]) == 0
+    assert main(["train", "--data", str(data), *ARGS, "--backend", "mindspore", "--recompute",
+                 "--out", str(folder / "mindspore-recompute")]) == 0
     return folder
 
 
@@ -73,7 +75,7 @@ def params_before(run, config, step):
     return weights.load(run / "checkpoints" / f"step-{step - 1}")[1]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "mindspore"])
+@pytest.mark.parametrize("backend", ["numpy", "mindspore", "mindspore-recompute"])
 def test_every_logged_loss_is_the_loss_of_its_parameters(runs, backend):
     config, steps = batches(runs / backend)
     logged = [r["loss"] for r in read_log(runs / backend / "log.jsonl") if "loss" in r]
@@ -95,6 +97,28 @@ def test_both_backends_start_alike(runs):
     assert abs(first[0]["loss"] - first[1]["loss"]) <= 2 * bound.allowed(reference)
     assert [r["lr"] for r in read_log(runs / "numpy" / "log.jsonl") if "lr" in r] == \
            [r["lr"] for r in read_log(runs / "mindspore" / "log.jsonl") if "lr" in r]      # one lr_at
+
+
+def test_recompute_starts_where_the_one_graph_step_starts(runs):
+    """--recompute (block-wise recomputation) computes the same first loss from the same weights, and
+    is a setting a resumed run may switch (run.json keeps it with the free options)."""
+    config, steps = batches(runs / "mindspore")
+    first = [next(r["loss"] for r in read_log(runs / b / "log.jsonl") if "loss" in r)
+             for b in ("mindspore", "mindspore-recompute")]
+    reference, logit_scale = spec_loss(config, params_before(runs / "mindspore", config, 1), steps[0])
+    bound = lm_loss_bound(config, "float32", logit_scale, int((steps[0][1] != IGNORE_INDEX).sum()))
+    assert abs(first[0] - first[1]) <= 2 * bound.allowed(reference), (first, bound.reason)
+    identity = json.loads((runs / "mindspore-recompute" / "run.json").read_text())
+    assert identity["free"]["recompute"] is True
+    assert main(["train", "--resume", str(runs / "mindspore-recompute"), "--no-progress"]) == 0  # at the end
+
+
+def test_recompute_needs_the_mindspore_backend(runs, tmp_path, capsys):
+    code = main(["train", "--data", str(runs / "doc.txt"), *ARGS, "--backend", "numpy", "--recompute",
+                 "--out", str(tmp_path / "numpy")])
+    assert code == 2
+    assert "--recompute needs --backend mindspore" in capsys.readouterr().err
+    assert not (tmp_path / "numpy").exists()
 
 
 def test_the_mindspore_run_resumes_and_loads(runs):

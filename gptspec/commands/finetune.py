@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from gptspec.training.classify_task import TASKS
-from gptspec.training.options import add_model_arguments
+from gptspec.training.options import RECOMPUTE_HELP, add_model_arguments
 
 RUN_DEFAULTS = dict(
     task="classify", data=None, valid=None, text_column=None, premise_column="premise",
@@ -23,7 +23,7 @@ RUN_DEFAULTS = dict(
     model=None, weights=None, config=None, n_layer=None, n_embd=None, n_head=None, n_ctx=None, vocab=None,
     train_tokenizer=None, backend=None, amp="O0", dropout=0.0, lm_coef=0.5, lr=6.25e-5, min_lr=0.0, warmup=0,
     schedule="linear", weight_decay=0.01, max_grad_norm=1.0, batch_size=8, grad_accum=1, steps=None, epochs=None, seed=0)
-FREE_DEFAULTS = dict(eval_every=None, save_every=None)
+FREE_DEFAULTS = dict(eval_every=None, save_every=None, recompute=False)
 
 
 def register(subparsers):
@@ -51,6 +51,7 @@ def register(subparsers):
     parser.add_argument("--backend", choices=("numpy", "mindspore"),
                         help="default: mindspore (graph mode) when installed, else numpy")
     parser.add_argument("--amp", choices=("O0", "O1", "O2", "O3"), help="MindSpore mixed precision (default O0)")
+    parser.add_argument("--recompute", action="store_true", default=None, help=RECOMPUTE_HELP)
     parser.add_argument("--dropout", type=float, help="dropout rate while training (default 0; GPT-1 used 0.1)")
     parser.add_argument("--lm-coef", type=float, help="weight of the auxiliary LM loss (default 0.5, GPT-1's)")
     for name, kind, text in (("lr", float, "default 6.25e-5 (GPT-1)"), ("min-lr", float, "default 0"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from gptspec.training.options import add_model_arguments
+from gptspec.training.options import RECOMPUTE_HELP, add_model_arguments
 
 # Options that define a run, with their defaults. run.json stores them; --resume refuses changes.
 RUN_DEFAULTS = dict(
@@ -18,8 +18,9 @@ RUN_DEFAULTS = dict(
     vocab=None, train_tokenizer=None, backend=None, amp="O0", lr=3e-4, min_lr=0.0, warmup=0,
     schedule="cosine", weight_decay=0.1, max_grad_norm=1.0, batch_size=8, grad_accum=1, steps=None,
     epochs=None, dropout=0.0, seed=0, demo=False)
-# Options a resumed run may change: they decide what is logged and saved, not what is computed.
-FREE_DEFAULTS = dict(eval_every=None, save_every=None)
+# Options a resumed run may change: they decide what is logged and saved, or how much memory the same
+# computation takes (--recompute), not what is computed.
+FREE_DEFAULTS = dict(eval_every=None, save_every=None, recompute=False)
 
 # --demo: a small GPT-2 with its own BPE on pydoc_data.topics; ~2 minutes on a 2-core CPU. The NumPy
 # spec is its default backend: on CPU it runs this small model several times faster than MindSpore's
@@ -57,6 +58,7 @@ def register(subparsers):
     backend.add_argument("--backend", choices=("numpy", "mindspore"),
                          help="default: mindspore (graph mode) when installed, else numpy")
     backend.add_argument("--amp", choices=("O0", "O1", "O2", "O3"), help="MindSpore mixed precision (default O0)")
+    backend.add_argument("--recompute", action="store_true", default=None, help=RECOMPUTE_HELP)
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
     optim.add_argument("--min-lr", type=float, help="learning rate at the end of the schedule (default 0)")

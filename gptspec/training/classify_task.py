@@ -77,12 +77,13 @@ class Classification(Task):
     def identity(self, opts, free, built, train, valid):
         return {**super().identity(opts, free, built, train, valid), "labels": built.model["labels"]}
 
-    def make_backend(self, opts, built, hyper, rank, world_size):
+    def make_backend(self, opts, built, hyper, rank, world_size, *, recompute=False):
         from .objectives import Classification
 
         model = built.model
         objective = Classification(opts["task"], opts["lm_coef"], model["labels"], model["special"])
-        backend = setup.make_backend(opts, built.config, model["params"], hyper, objective, model["head"])
+        backend = setup.make_backend(opts, built.config, model["params"], hyper, objective, model["head"],
+                                     recompute=recompute)
         return data_parallel(backend, opts, rank, world_size)
 
     def announce(self, opts, prepared, say):

@@ -52,10 +52,10 @@ class LanguageModelling(Task):
             raise ValueError(f"--resume {folder.path}: the data files changed since the run began (their token "
                              f"windows differ); a resumed run must see the same data")
 
-    def make_backend(self, opts, built, hyper, rank, world_size):
+    def make_backend(self, opts, built, hyper, rank, world_size, *, recompute=False):
         from .objectives import LanguageModelling as Objective
 
-        backend = setup.make_backend(opts, built.config, built.model["params"], hyper, Objective())
+        backend = setup.make_backend(opts, built.config, built.model["params"], hyper, Objective(), recompute=recompute)
         return data_parallel(backend, opts, rank, world_size)
 
     def announce(self, opts, prepared, say):

@@ -20,10 +20,10 @@ class MindSporeBackend:
     name = "mindspore"
 
     def __init__(self, config, params: dict, hyper: Hyper, objective, head=None, *, amp_level: str = "O0",
-                 mode: str = "graph"):
+                 mode: str = "graph", recompute: bool = False):
         self.config, self.hyper, self.objective = config, hyper, objective
         self.trainer = make_trainer(config, params, hyper, objective.ms_objective(head), amp_level=amp_level,
-                                    mode=mode)
+                                    mode=mode, recompute=recompute)
 
     def train_step(self, step: int, micro_batches) -> StepResult:
         if step != self.trainer.step_count:
@@ -56,7 +56,7 @@ class MindSporeBackend:
         self.trainer.resume(folder)     # refuses another config, objective, or missing optimizer state
 
 
-def make_trainer(config, params: dict, hyper: Hyper, objective, *, amp_level: str, mode: str):
+def make_trainer(config, params: dict, hyper: Hyper, objective, *, amp_level: str, mode: str, recompute: bool = False):
     """An ms_backend.Trainer with the run's hyper-parameters, on `objective` (ms_backend.objectives)."""
     try:
         from ms_backend import Trainer
@@ -68,4 +68,4 @@ def make_trainer(config, params: dict, hyper: Hyper, objective, *, amp_level: st
         mode=mode, lr=hyper.lr, warmup_steps=hyper.warmup_steps, total_steps=hyper.total_steps, min_lr=hyper.min_lr,
         schedule=hyper.schedule, betas=hyper.betas, eps=hyper.eps, weight_decay=hyper.weight_decay,
         max_grad_norm=hyper.max_grad_norm, loss_scale=None if amp_level == "O0" else "dynamic",
-        dropout=hyper.dropout, seed=hyper.seed)
+        dropout=hyper.dropout, seed=hyper.seed, recompute=recompute)

@@ -26,6 +26,11 @@ def add_model_arguments(group, *, model: str, weights: str, config: str, train_t
     group.add_argument("--train-tokenizer", type=int, metavar="N", help=train_tokenizer)
 
 
+RECOMPUTE_HELP = ("MindSpore: keep only each block's input and run its forward again in the backward "
+                  "(ms_backend.Trainer(recompute=True)): the same updates up to rounding, a fraction of the "
+                  "activation memory, ~1.5-2x the step time; a resumed run may switch it")
+
+
 def resolve_options(args, run_defaults: dict, free_defaults: dict, demo: dict | None = None,
                     demo_free: dict | None = None) -> tuple[dict, dict]:
     """(run options, free options): the command's defaults, --demo's settings, or the resumed run's own."""
@@ -44,7 +49,7 @@ def resolve_options(args, run_defaults: dict, free_defaults: dict, demo: dict | 
         if not isinstance(stored.get("options"), dict) or set(run_defaults) - set(stored["options"]):
             raise ValueError(f"--resume {args.resume} is a `gptspec {command}` run, not one of this command: "
                              f"continue it with `gptspec {command} --resume {args.resume}`")
-        opts, free = stored["options"], {**stored["free"], **free_given}
+        opts, free = stored["options"], {**free_defaults, **stored["free"], **free_given}
         changed = [f"--{k.replace('_', '-')} {v!r} (the run has {opts.get(k)!r})" for k, v in given.items()
                    if opts.get(k) != v and not (k == "demo" and v)]
         if changed:

@@ -87,7 +87,7 @@ class Task:
             raise ValueError(f"--resume {folder.path}: the checkpoint's config {built.config} is not the run's "
                              f"{stored['config']}")
 
-    def make_backend(self, opts: dict, built: Built, hyper, rank: int, world_size: int):
+    def make_backend(self, opts: dict, built: Built, hyper, rank: int, world_size: int, *, recompute: bool = False):
         raise NotImplementedError
 
     def announce(self, opts: dict, prepared: Prepared, say) -> None:
@@ -170,7 +170,7 @@ def prepare(task: Task, args, opts: dict, free: dict, session, rank: int, world_
     identity = task.identity(opts, free, built, train, valid)
     if args.resume:
         task.check_resumed(session.folder, identity, built)
-    backend = task.make_backend(opts, built, hyper_from(opts), rank, world_size)
+    backend = task.make_backend(opts, built, hyper_from(opts), rank, world_size, recompute=free["recompute"])
     session.begin(identity, built.checkpoint)      # the first write: every check above has passed
     return Prepared(built=built, train=train, valid=valid, backend=backend)
 

@@ -175,16 +175,20 @@ def check_amp_backend(opts: dict) -> None:
         raise ValueError(f"--amp {opts['amp']} needs --backend mindspore (the NumPy spec trains in float32)")
 
 
-def make_backend(opts: dict, config, params, hyper, objective, head=None):
-    """The --backend's trainer of `objective` (objectives.py), the model and head as given."""
+def make_backend(opts: dict, config, params, hyper, objective, head=None, *, recompute: bool = False):
+    """The --backend's trainer of `objective` (objectives.py), the model and head as given;
+    recompute: --recompute (MindSpore only)."""
     from .backends import NumpyBackend
 
     check_amp_backend(opts)
     if opts["backend"] == "numpy":
+        if recompute:
+            raise ValueError("--recompute needs --backend mindspore: the NumPy spec's backward reads the "
+                             "activations its forward kept (ref_numpy.train_forward's tape)")
         return NumpyBackend(config, params, hyper, objective, head)
     from .ms_backend_adapter import MindSporeBackend
 
-    return MindSporeBackend(config, params, hyper, objective, head, amp_level=opts["amp"])
+    return MindSporeBackend(config, params, hyper, objective, head, amp_level=opts["amp"], recompute=recompute)
 
 
 # -- the run folder -------------------------------------------------------------------------------

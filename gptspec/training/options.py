@@ -80,8 +80,8 @@ def check_numbers(opts: dict, free: dict) -> None:
     if opts.get("train_tokenizer") is not None and opts["train_tokenizer"] < MIN_BPE_VOCAB:
         raise ValueError(f"--train-tokenizer {opts['train_tokenizer']} is too small: a byte-level BPE holds the "
                          f"256 bytes and <|endoftext|>, so give --train-tokenizer {MIN_BPE_VOCAB} or more")
-    for name, value in free.items():
-        positive(name.replace("_", "-"), value)
+    for name in ("eval_every", "save_every"):
+        positive(name.replace("_", "-"), free.get(name))
     if opts["steps"] is not None and opts["epochs"] is not None:
         raise ValueError("give --steps or --epochs, not both")
     if opts["batch_size"] % opts["grad_accum"]:

@@ -132,15 +132,16 @@ def jobs(tmp_path_factory):
                                              script=CLI),
                                    root, root / "logs-signalled", env={**os.environ, "GPTSPEC_TEST_SIGTERM": "1:0"})
     # finetune --task similar (two rows per example: a rank's rows of the masks are two slices),
-    # with dropout and 2 micro-batches, 2 ranks vs 1 process, and a signal to rank 1 during step 2
+    # with dropout and 2 micro-batches, 2 ranks vs 1 process, and a signal to rank 1 during step 2;
+    # the 2-rank runs with --recompute (block-wise gradients summed, then all-reduced), the 1 without
     similar = [*FINETUNE_ARGS, "--data", str(similar_pairs(root / "pairs.csv"))]
     started["finetune_parallel"] = Job("gptspec finetune under msrun",
-                                       msrun_job(root / "logs-finetune", *similar, "--out", str(root / "ft-parallel"),
-                                                 script=CLI), root, root / "logs-finetune")
+                                       msrun_job(root / "logs-finetune", *similar, "--recompute", "--out",
+                                                 str(root / "ft-parallel"), script=CLI), root, root / "logs-finetune")
     started["finetune_single"] = Job("gptspec finetune", [sys.executable, str(CLI), *similar, "--out",
                                                           str(root / "ft-single")], root)
     started["finetune_signalled"] = Job("gptspec finetune under msrun, rank 1 signalled",
-                                        msrun_job(root / "logs-ft-signalled", *similar, "--out",
+                                        msrun_job(root / "logs-ft-signalled", *similar, "--recompute", "--out",
                                                   str(root / "ft-signalled"), script=CLI),
                                         root, root / "logs-ft-signalled", env={**os.environ, "GPTSPEC_TEST_SIGTERM": "1:1"})
     started["root"] = root
@@ -324,8 +325,10 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_and_resume_is
 def test_finetune_under_msrun_trains_what_one_process_trains_and_resumes_bit_for_bit(jobs):
     """finetune --task similar with --dropout 0.1 and --grad-accum 2: the ranks divide by the global
     example and LM-target counts and keep their rows (a+b and b+a) of the whole micro-batch's masks,
-    so every logged loss is one process's within twice forward_bound; a SIGTERM to rank 1 during
-    step 2, then --resume under msrun, ends where the uninterrupted 2-rank run ends, bit for bit."""
+    so every logged loss is one process's within twice forward_bound -- the ranks computing their
+    gradients block by block (--recompute), the one process in one graph; a SIGTERM to rank 1
+    during step 2, then --resume under msrun (which keeps --recompute), ends where the
+    uninterrupted 2-rank run ends, bit for bit."""
     from gptspec.tolerances import forward_bound
     from gptspec.training.classify_backend import load_classifier
 

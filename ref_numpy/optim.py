@@ -155,11 +155,18 @@ def adamw_step(params, grads, state, *, lr, betas=(0.9, 0.999), eps=1e-8, weight
         if inplace:
             _check_writable(name, p, m, v)
     new_p, new_m, new_v = [], [], []
+    # inplace: one scratch buffer for every tensor's temporaries (fresh memory is slow to get)
+    scratch = np.empty(max(p.size for _, p in leaves), leaves[0][1].dtype) if inplace and variant == "torch" else None
     for (name, p), (_, g), (_, m), (_, v) in zip(leaves, grad_leaves, m_leaves, v_leaves):
         dtype = p.dtype  # the update runs in the parameters' dtype
         old = (p, m, v)
         g, m, v = (x.astype(dtype, copy=False) for x in (g, m, v))
         wd = weight_decay if decays(p) else 0.0
+        if variant == "torch" and inplace:
+            own = scratch[:p.size].reshape(p.shape) if scratch.dtype == dtype else None
+            _torch_adamw_update(p, g, m, v, lr, beta1, beta2, eps, wd, correction1, correction2, into=(p, m, v),
+                                scratch=own)
+            continue
         if variant == "torch":
             p, m, v = _torch_adamw_update(p, g, m, v, lr, beta1, beta2, eps, wd, correction1, correction2)
         else:
@@ -191,7 +198,8 @@ def _check_writable(name: str, p, m, v) -> None:
                              f"the moments must be in the parameters' dtype (adamw_init makes them so)")
 
 
-def _torch_adamw_update(p, g, m, v, lr, beta1, beta2, eps, wd, correction1, correction2):
+def _torch_adamw_update(p, g, m, v, lr, beta1, beta2, eps, wd, correction1, correction2, *, into=None,
+                        scratch=None):
     """adamw_step's torch formula for one tensor -> (new p, new m, new v):
 
         m = beta1 * m + (1 - beta1) * g
@@ -201,15 +209,18 @@ def _torch_adamw_update(p, g, m, v, lr, beta1, beta2, eps, wd, correction1, corr
 
     written as exactly these operations in this order (so bit for bit the same numbers), into three
     new arrays and one scratch array instead of a new array per operation: ~3x less memory traffic
-    for the 124M model's 124M-element update, the spec's training step's largest elementwise cost."""
-    new_m = np.multiply(m, beta1)
-    scratch = np.multiply(g, 1 - beta1)
+    for the 124M model's 124M-element update, the spec's training step's largest elementwise cost.
+    into=(p, m, v) writes the results into those arrays instead (the same operations, in place),
+    with `scratch` (p's shape) as the scratch array."""
+    new_p, new_m, new_v = into if into is not None else (None, None, None)
+    new_m = np.multiply(m, beta1, out=new_m)
+    scratch = np.multiply(g, 1 - beta1, out=scratch)
     new_m += scratch
-    new_v = np.multiply(v, beta2)
+    new_v = np.multiply(v, beta2, out=new_v)
     np.multiply(g, g, out=scratch)
     scratch *= 1 - beta2
     new_v += scratch
-    new_p = np.multiply(p, 1 - lr * wd)  # decoupled weight decay, on the parameter before the Adam step
+    new_p = np.multiply(p, 1 - lr * wd, out=new_p)  # decoupled weight decay, on the parameter before the Adam step
     np.sqrt(new_v, out=scratch)
     scratch /= math.sqrt(correction2)
     scratch += eps

@@ -162,21 +162,19 @@ def adamw_step(params, grads, state, *, lr, betas=(0.9, 0.999), eps=1e-8, weight
         old = (p, m, v)
         g, m, v = (x.astype(dtype, copy=False) for x in (g, m, v))
         wd = weight_decay if decays(p) else 0.0
-        if variant == "torch" and inplace:
-            own = scratch[:p.size].reshape(p.shape) if scratch.dtype == dtype else None
-            _torch_adamw_update(p, g, m, v, lr, beta1, beta2, eps, wd, correction1, correction2, into=(p, m, v),
-                                scratch=own)
-            continue
         if variant == "torch":
-            p, m, v = _torch_adamw_update(p, g, m, v, lr, beta1, beta2, eps, wd, correction1, correction2)
+            own = None if scratch is None or scratch.dtype != dtype else scratch[:p.size].reshape(p.shape)
+            p, m, v = _torch_adamw_update(p, g, m, v, lr, beta1, beta2, eps, wd, correction1, correction2,
+                                          into=old if inplace else None, scratch=own)
         else:
             m = beta1 * m + (1 - beta1) * g
             v = beta2 * v + (1 - beta2) * (g * g)
             lr_t = lr * math.sqrt(correction2) / correction1
             p = p - lr_t * (m / (np.sqrt(v) + eps) + wd * p)
-        if inplace:  # this tensor's new values into its own arrays; its temporaries go now
+        if inplace:  # this tensor's new values into its own arrays (the torch update wrote them there)
             for target, value in zip(old, (p, m, v)):
-                np.copyto(target, value)
+                if value is not target:
+                    np.copyto(target, value)
             continue
         new_p.append(p.astype(dtype, copy=False))
         new_m.append(m.astype(dtype, copy=False))

@@ -8,8 +8,9 @@ at a time, keeping only each block's input [R, T, C] between the forward and the
     embed      d(wte, wpe) = the vjp of embed at ids, with dx_0
 
 Each gradient is added to the Trainer's summed gradients, as a --grad-accum micro-batch's are, and
-the Trainer's update graph applies the sum (unscale, all-reduce, finite check, clip, AdamW).  S is
-the loss scale: every gradient is scaled, as in the one-graph step.
+the Trainer's update applies the sum (unscale, all-reduce, finite check, clip, AdamW; op by op here,
+as a compiled update keeps a workspace of its own).  S is the loss scale: every gradient is scaled,
+as in the one-graph step.
 
 The vjp of a block is the gradient of <block(x), dy> (a sum of products, in float32): the sum's
 derivative is 1 and the product's is dy, so autodiff starts the block's backward from exactly dy,

@@ -101,7 +101,8 @@ class Trainer:
     computed a block at a time, keeping only the blocks' inputs, each block's forward run again in
     its backward; they are summed on the device as --grad-accum's are, then one update.  The same
     gradients up to float32 rounding; the activations of one block alive at a time instead of all
-    of them (124M, 4 x 128, CPU: see benchmarks/NOTES.md), for a second forward pass of time.  A
+    of them, for a second forward pass and an update run op by op (124M, 4 x 128, CPU: 1.2x
+    PyTorch's peak memory instead of 2.3x, 2x the one-graph step's time; benchmarks/NOTES.md).  A
     memory option, not state: save() does not record it."""
 
     def __init__(self, config: GPTConfig, params: dict, *, objective=None, amp_level="O0", dtype=None, mode="graph",

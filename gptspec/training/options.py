@@ -28,7 +28,7 @@ def add_model_arguments(group, *, model: str, weights: str, config: str, train_t
 
 RECOMPUTE_HELP = ("MindSpore: keep only each block's input and run its forward again in the backward "
                   "(ms_backend.Trainer(recompute=True)): the same updates up to rounding, a fraction of the "
-                  "activation memory, ~1.5-2x the step time; a resumed run may switch it")
+                  "activation memory, ~2x the step time; a resumed run may switch it")
 
 
 def resolve_options(args, run_defaults: dict, free_defaults: dict, demo: dict | None = None,

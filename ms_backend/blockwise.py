@@ -44,7 +44,7 @@ class BlockwiseGradients:
     op (mode "pynative")."""
 
     def __init__(self, model, objective, scaler, summed: dict, mode: str, block_weights: dict):
-        self.model, self.objective, self.scaler, self.summed = model, objective, scaler, summed
+        self.model, self.objective, self.scaler = model, objective, scaler
         config = model.config
         # The template: its own Parameters (not the model's), made from any block's weights (a params
         # dict's block); _load overwrites them before every use.
@@ -57,6 +57,7 @@ class BlockwiseGradients:
                                                                          for p in cell.trainable_params()]
                                 if id(p) not in in_blocks and p is not model.wpe)
         self.embed_params = (model.wte, model.wpe)
+        self.block_sums = [tuple(summed[p.name] for p in params) for params in self.block_params]
         self.top_sums = tuple(summed[p.name] for p in self.top_params)
         self.embed_sums = tuple(summed[p.name] for p in self.embed_params)
         self._top_value_and_grad = ms.value_and_grad(self._scaled_top_loss, 0, self.top_params, has_aux=True)
@@ -97,7 +98,8 @@ class BlockwiseGradients:
         return self._added(self.embed_sums, self._embed_grad(ids, position_ids, drop, dy))
 
     def _added(self, sums, grads):
-        """Add each gradient to its sum, one after another; -> the last add."""
+        """Add each gradient to its sum, one after another; -> the last add.  Inside the top and
+        embedding graphs, and op by op for the template's gradients (their sums change per block)."""
         done = ops.assign_add(sums[0], grads[0])
         for i in range(1, len(sums)):
             done = ops.assign_add(sums[i], ops.depend(grads[i], done))
@@ -109,11 +111,6 @@ class BlockwiseGradients:
         """The template computes block `layer` from now on."""
         for template_param, param in zip(self.template_params, self.block_params[layer]):
             ops.assign(template_param, param)
-
-    def _add(self, params, grads) -> None:
-        """The template's gradients to block `params`' sums (op by op: the target changes per block)."""
-        for param, grad in zip(params, grads):
-            ops.assign_add(self.summed[param.name], grad)
 
     def accumulate(self, drops, batch, totals):
         """Add this micro-batch's scaled gradients to the sums; -> its (unscaled) share of the loss."""
@@ -130,6 +127,6 @@ class BlockwiseGradients:
         for layer in reversed(range(len(inputs))):
             self._load(layer)
             dx, block_grads = self._block_vjp(inputs.pop(), mask, layer_drops[layer], dx)
-            self._add(self.block_params[layer], block_grads)
+            self._added(self.block_sums[layer], block_grads)
         self._embed_vjp(ids, position_ids, embed_drop, dx)
         return loss

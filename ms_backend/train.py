@@ -134,9 +134,11 @@ class Trainer:
         self.param_order = list(flatten_params(params))  # the Cells' order differs (GPT-1: attn before ln_1)
         self.step_count = 0  # updates attempted so far (skipped ones included): the lr_at step
         self.reduce_grads = lambda grads: grads  # data parallel: the all-reduce of the gradients
-        self._summed = None  # --grad-accum, recompute: the gradients, summed (made at the first use)
-        self._blockwise = None  # recompute: BlockwiseGradients (made at the first use)
-        self._template_weights = params["blocks"][0] if recompute else None  # any block's weights do
+        self._summed = None  # --grad-accum, recompute: the gradients, summed (see _sums)
+        self._blockwise = None  # recompute: BlockwiseGradients, whose template takes any block's weights
+        if recompute:
+            self._blockwise = BlockwiseGradients(self.model, self.objective, self.scaler, self._sums(), mode,
+                                                 params["blocks"][0])
         self._value_and_grad = ms.value_and_grad(self._scaled_loss, None, self.optimizer.parameters, has_aux=True)
         run = ms.jit if mode == "graph" else (lambda f: f)
         self._train_step = run(self._train_step_fn)
@@ -286,21 +288,22 @@ class Trainer:
                                      f"the update was skipped.  Lower lr, clip (max_grad_norm) or check the data")
         return StepResult(loss, float(norm.asnumpy()), lr, scale, skipped)
 
-    def _accumulate_function(self):
-        """What adds a micro-batch's scaled gradients to the sums (made at the first use): one graph,
-        or with recompute block by block (BlockwiseGradients)."""
+    def _sums(self) -> dict:
+        """{parameter name: its float32 gradient sum}, made at the first use (K = 1 without recompute
+        never needs them: 0.5 GB at 124M)."""
         if self._summed is None:
             self._summed = ParameterTuple(
                 Parameter(ops.zeros(p.shape, ms.float32), name=f"summed_grad.{p.name}", requires_grad=False)
                 for p in self.optimizer.parameters)
-        if not self.recompute:
-            return self._accumulate
-        if self._blockwise is None:
-            summed = {p.name: s for p, s in zip(self.optimizer.parameters, self._summed)}
-            self._blockwise = BlockwiseGradients(self.model, self.objective, self.scaler, summed, self.mode,
-                                                 self._template_weights)
-            self._template_weights = None
-        return self._blockwise.accumulate
+        return {p.name: s for p, s in zip(self.optimizer.parameters, self._summed)}
+
+    def _accumulate_function(self):
+        """What adds a micro-batch's scaled gradients to the sums: one graph, or with recompute block
+        by block (BlockwiseGradients)."""
+        if self.recompute:
+            return self._blockwise.accumulate
+        self._sums()
+        return self._accumulate
 
     def _take_summed(self) -> list:
         """The summed gradients, unscaled and reduced, as NumPy copies; the sums back to zero."""
